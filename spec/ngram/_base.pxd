@@ -1,0 +1,32 @@
+# The drafter interface the engine drives without the GIL. See _base.pyx for details.
+#
+# Protocol, per sequence id (0 <= seq < n_seq after reserve):
+#   begin_seq(seq, prompt)       once per generation, with the tokens already in the target context
+#   draft_seq(seq, history, id_last, n_max, out)
+#                                history = every token in the target context (prompt + accepted
+#                                output, without id_last); id_last = the token just sampled and not
+#                                yet decoded. Writes up to n_max tokens to out and returns how many.
+#   accept_seq(seq, n_accepted)  after verification: how many of the last draft were accepted
+#   end_seq(seq, output)         the generation finished; output = the generated tokens
+# The c-level methods assume valid arguments (the Python wrappers and the engine check them).
+from spec._typedefs cimport token_t
+
+
+cdef class Drafter:
+    cdef readonly int n_seq            # sequence ids with state: 0 .. n_seq-1
+    cdef unsigned char* begun          # begun[seq] != 0 once begin_seq ran for seq
+
+    cdef int reserve_seqs(self, int n_seq) except -1
+    cdef int begin_seq(self, int seq, const token_t* prompt, Py_ssize_t n_prompt) except -1 nogil
+    cdef Py_ssize_t draft_seq(self, int seq, const token_t* history, Py_ssize_t n_history,
+                              token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil
+    cdef int accept_seq(self, int seq, Py_ssize_t n_accepted) except -1 nogil
+    cdef int end_seq(self, int seq, const token_t* output, Py_ssize_t n_output) except -1 nogil
+
+    # Hooks for subclasses (the public c-level methods above do the bookkeeping, then call these).
+    cdef int _reserve(self, int n_seq) except -1
+    cdef int _begin(self, int seq, const token_t* prompt, Py_ssize_t n_prompt) except -1 nogil
+    cdef Py_ssize_t _draft(self, int seq, const token_t* history, Py_ssize_t n_history,
+                           token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil
+    cdef int _accept(self, int seq, Py_ssize_t n_accepted) except -1 nogil
+    cdef int _end(self, int seq, const token_t* output, Py_ssize_t n_output) except -1 nogil
