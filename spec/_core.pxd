@@ -1,0 +1,52 @@
+# Handle classes over llama.cpp. See _core.pyx for details.
+#
+# Other compiled modules (the speculative engine) cimport Context and drive it through its cdef
+# methods: every call into llama.cpp goes through this module, the only one holding the model and
+# context objects' code, so no second copy of llama.cpp ever touches them.
+from spec._llama cimport llama_batch, llama_context, llama_model, llama_vocab
+from spec._typedefs cimport pos_t, seq_t, token_t
+
+
+cdef class Model:
+    cdef llama_model* ptr
+    cdef const llama_vocab* vocab
+    cdef readonly str path
+    cdef readonly int n_vocab
+    cdef bint closed              # close() was called; freed once no context uses it
+    cdef int n_contexts           # open contexts borrowing this model
+
+    cdef int check_open(self) except -1
+    cdef int check_tokens(self, const token_t[::1] tokens, str name) except -1
+    cdef void release(self) noexcept
+
+
+cdef class Context:
+    cdef llama_context* ptr
+    cdef readonly Model model
+    cdef llama_batch batch        # reusable decode batch of capacity batch_capacity
+    cdef int batch_capacity
+    cdef readonly int n_ctx
+    cdef readonly int n_batch
+    cdef readonly int n_seq_max
+    cdef readonly int n_vocab
+    cdef int n_outputs            # rows of logits produced by the last decode
+    cdef bint closed
+    cdef int n_views              # live numpy views over the logits buffer
+    cdef public object seed       # default seed for samplers drawing from this context
+
+    cdef int check_open(self) except -1
+    cdef void release(self) noexcept
+
+    # Batch building: clear, add tokens, decode. The engine builds multi-sequence batches this way.
+    cdef void batch_clear(self) noexcept nogil
+    cdef int batch_add(self, token_t token, pos_t pos, seq_t seq, bint output) except -1 nogil
+    cdef int batch_decode(self) except -1 nogil
+    # Decode tokens[0..n) of one sequence at positions pos0.., in chunks of n_batch; logits for
+    # every position if all_logits, else for the last one only.
+    cdef int decode_tokens(self, const token_t* tokens, int n, pos_t pos0, seq_t seq,
+                           bint all_logits) except -1 nogil
+    cdef const float* logits_row(self, int i) noexcept nogil
+    cdef bint seq_rm(self, seq_t seq, pos_t p0, pos_t p1) noexcept nogil
+    cdef pos_t seq_pos_max(self, seq_t seq) noexcept nogil
+    cdef int _greedy_loop(self, seq_t seq, pos_t pos, int max_tokens, bint stop_at_eog,
+                          token_t* out) except -1 nogil

@@ -1,0 +1,706 @@
+"""Handle classes over llama.cpp: Model, Context, the log bridge and the plain generation loop.
+
+Lifetimes: a Context holds a reference to its Model, and numpy views of the logits hold their
+Context, so nothing is freed while something still points into it. ``close()`` is idempotent:
+it makes the handle unusable at once and frees the C object as soon as nothing borrows it.
+"""
+import logging
+import os
+
+import numpy as np
+cimport numpy as cnp
+from cpython.exc cimport PyErr_CheckSignals
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport free, malloc
+
+from spec._llama cimport *
+from spec._typedefs cimport pos_t, seq_t, token_t
+from spec._errors import (ClosedError, ContextError, ContextOverflowError, ModelLoadError,
+                          SpecError, decode_error)
+
+cnp.import_array()
+
+# -- logging ------------------------------------------------------------------------------------
+
+llama_logger = logging.getLogger("spec.llama")
+
+# Messages below this ggml level are dropped in C without taking the GIL (refreshed from the
+# `spec.llama` logger's level whenever a model or context is created).
+cdef int _log_min_level = GGML_LOG_LEVEL_WARN
+cdef int _log_last_level = GGML_LOG_LEVEL_INFO
+
+_PY_LEVEL = {GGML_LOG_LEVEL_DEBUG: logging.DEBUG, GGML_LOG_LEVEL_INFO: logging.INFO,
+             GGML_LOG_LEVEL_WARN: logging.WARNING, GGML_LOG_LEVEL_ERROR: logging.ERROR}
+
+
+cdef void _log_callback(ggml_log_level level, const char* text, void* user_data) noexcept nogil:
+    global _log_last_level
+    cdef int lvl = level
+    if lvl == GGML_LOG_LEVEL_CONT:
+        lvl = _log_last_level
+    else:
+        _log_last_level = lvl
+    if lvl < _log_min_level or text == NULL:
+        return
+    with gil:
+        try:
+            msg = (<bytes> text).decode("utf-8", "replace").rstrip("\n")
+            if msg:
+                llama_logger.log(_PY_LEVEL.get(lvl, logging.INFO), "%s", msg)
+        except BaseException:
+            pass  # a log line must never raise into C
+
+
+def refresh_log_level():
+    """Re-read the ``spec.llama`` logger's level (call after changing it)."""
+    global _log_min_level
+    level = llama_logger.getEffectiveLevel()
+    if level <= logging.DEBUG:
+        _log_min_level = GGML_LOG_LEVEL_DEBUG
+    elif level <= logging.INFO:
+        _log_min_level = GGML_LOG_LEVEL_INFO
+    elif level <= logging.WARNING:
+        _log_min_level = GGML_LOG_LEVEL_WARN
+    else:
+        _log_min_level = GGML_LOG_LEVEL_ERROR
+
+
+llama_log_set(_log_callback, NULL)
+llama_backend_init()
+
+
+def system_info():
+    """llama.cpp's own summary of the CPU features and backends it was built with."""
+    return (<bytes> llama_print_system_info()).decode()
+
+
+def cpu_features():
+    """The SIMD features ggml detects at run time."""
+    return {"avx": bool(ggml_cpu_has_avx()), "avx2": bool(ggml_cpu_has_avx2()),
+            "avx512": bool(ggml_cpu_has_avx512()), "fma": bool(ggml_cpu_has_fma()),
+            "f16c": bool(ggml_cpu_has_f16c()), "sse3": bool(ggml_cpu_has_sse3()),
+            "neon": bool(ggml_cpu_has_neon())}
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+cdef const token_t[::1] _as_tokens(object tokens, str name):
+    arr = np.asarray(tokens)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of token ids, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def as_tokens(tokens, name="tokens"):
+    """``tokens`` as a C-contiguous int32 numpy array (lists and other integer dtypes converted)."""
+    return np.asarray(_as_tokens(tokens, name))
+
+
+cdef int32_t _meta_get(bint key, const llama_model* model, int32_t i, char* buf, size_t size) noexcept:
+    if key:
+        return llama_model_meta_key_by_index(model, i, buf, size)
+    return llama_model_meta_val_str_by_index(model, i, buf, size)
+
+
+cdef str _meta_string(bint key, const llama_model* model, int32_t i):
+    cdef char small[256]
+    cdef int32_t n = _meta_get(key, model, i, small, sizeof(small))
+    cdef char* buf
+    if n < 0:
+        return None
+    if n < <int32_t> sizeof(small):
+        return small[:n].decode("utf-8", "replace")
+    buf = <char*> malloc(n + 1)
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        _meta_get(key, model, i, buf, n + 1)
+        return buf[:n].decode("utf-8", "replace")
+    finally:
+        free(buf)
+
+
+# -- Model --------------------------------------------------------------------------------------
+
+cdef class Model:
+    """A GGUF model loaded by llama.cpp.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The GGUF file.
+    vocab_only : bool
+        Load only the vocabulary (tokenize/detokenize; no weights, no contexts).
+    n_gpu_layers : int
+        Layers to offload to a GPU (this build is CPU-only; kept for API parity).
+    load_mtp : bool
+        Also load multi-token-prediction (NextN) layers when the model has them.
+    """
+
+    def __cinit__(self):
+        self.ptr = NULL
+        self.vocab = NULL
+        self.closed = False
+        self.n_contexts = 0
+
+    def __init__(self, path, *, bint vocab_only=False, int n_gpu_layers=0, bint load_mtp=False):
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"model file not found: {path}")
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"model path is a directory: {path}")
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise ModelLoadError(f"{path}: not a GGUF file (magic {magic!r})")
+        refresh_log_level()
+        cdef llama_model_params params = llama_model_default_params()
+        params.vocab_only = vocab_only
+        params.n_gpu_layers = n_gpu_layers
+        params.load_mtp = load_mtp
+        cdef bytes bpath = path.encode()
+        cdef const char* cpath = bpath
+        with nogil:
+            self.ptr = llama_model_load_from_file(cpath, params)
+        if self.ptr == NULL:
+            raise ModelLoadError(f"llama.cpp failed to load {path} (truncated, corrupt or an "
+                                 f"unsupported architecture; see the 'spec.llama' log)")
+        self.path = path
+        self.vocab = llama_model_get_vocab(self.ptr)
+        self.n_vocab = llama_vocab_n_tokens(self.vocab)
+
+    def __dealloc__(self):
+        if self.ptr != NULL:
+            llama_model_free(self.ptr)
+            self.ptr = NULL
+
+    cdef void release(self) noexcept:
+        self.n_contexts -= 1
+        if self.closed and self.n_contexts == 0 and self.ptr != NULL:
+            llama_model_free(self.ptr)
+            self.ptr = NULL
+
+    def close(self):
+        """Release the model; it is freed once the last context using it is closed."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.n_contexts == 0 and self.ptr != NULL:
+            llama_model_free(self.ptr)
+            self.ptr = NULL
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    cdef int check_open(self) except -1:
+        if self.closed:
+            raise ClosedError(f"model {self.path!r} is closed")
+        return 0
+
+    cdef int check_tokens(self, const token_t[::1] tokens, str name) except -1:
+        cdef Py_ssize_t i
+        cdef int n_vocab = self.n_vocab
+        for i in range(tokens.shape[0]):
+            if tokens[i] < 0 or tokens[i] >= n_vocab:
+                raise ValueError(f"{name}[{i}] = {tokens[i]} is not a token id of this model "
+                                 f"(vocabulary size {n_vocab})")
+        return 0
+
+    # -- properties --
+
+    @property
+    def closed(self):
+        return self.closed
+
+    @property
+    def architecture(self):
+        """The ``general.architecture`` metadata value (e.g. "llama", "gemma3")."""
+        return self.metadata.get("general.architecture", "")
+
+    @property
+    def n_ctx_train(self):
+        self.check_open()
+        return llama_model_n_ctx_train(self.ptr)
+
+    @property
+    def n_embd(self):
+        self.check_open()
+        return llama_model_n_embd(self.ptr)
+
+    @property
+    def n_layer(self):
+        self.check_open()
+        return llama_model_n_layer(self.ptr)
+
+    @property
+    def n_layer_nextn(self):
+        """Multi-token-prediction (NextN) layers the model carries."""
+        self.check_open()
+        return llama_model_n_layer_nextn(self.ptr)
+
+    @property
+    def n_params(self):
+        self.check_open()
+        return llama_model_n_params(self.ptr)
+
+    @property
+    def size_bytes(self):
+        self.check_open()
+        return llama_model_size(self.ptr)
+
+    @property
+    def is_recurrent(self):
+        self.check_open()
+        return llama_model_is_recurrent(self.ptr) or llama_model_is_hybrid(self.ptr)
+
+    @property
+    def description(self):
+        self.check_open()
+        cdef char buf[256]
+        n = llama_model_desc(self.ptr, buf, sizeof(buf))
+        return buf[:max(0, min(n, 255))].decode("utf-8", "replace")
+
+    @property
+    def metadata(self):
+        """All GGUF metadata as a ``{key: value-string}`` dict (arrays are summarized by llama.cpp)."""
+        self.check_open()
+        cdef int32_t i
+        out = {}
+        for i in range(llama_model_meta_count(self.ptr)):
+            key = _meta_string(True, self.ptr, i)
+            if key is not None:
+                out[key] = _meta_string(False, self.ptr, i)
+        return out
+
+    @property
+    def special_tokens(self):
+        """Ids of the special tokens (-1 where the vocabulary has none)."""
+        self.check_open()
+        return {"bos": llama_vocab_bos(self.vocab), "eos": llama_vocab_eos(self.vocab),
+                "eot": llama_vocab_eot(self.vocab), "nl": llama_vocab_nl(self.vocab),
+                "pad": llama_vocab_pad(self.vocab)}
+
+    @property
+    def bos(self):
+        self.check_open()
+        return llama_vocab_bos(self.vocab)
+
+    @property
+    def eos(self):
+        self.check_open()
+        return llama_vocab_eos(self.vocab)
+
+    @property
+    def add_bos(self):
+        """Whether tokenize(add_special=True) prepends BOS for this vocabulary."""
+        self.check_open()
+        return llama_vocab_get_add_bos(self.vocab)
+
+    # -- vocabulary --
+
+    def is_eog(self, int token):
+        """True for end-of-generation tokens (EOS, EOT and the like)."""
+        self.check_open()
+        self._check_token(token)
+        return llama_vocab_is_eog(self.vocab, token)
+
+    def _check_token(self, int token):
+        if token < 0 or token >= self.n_vocab:
+            raise ValueError(f"token {token} is not a token id of this model "
+                             f"(vocabulary size {self.n_vocab})")
+
+    def tokenize(self, text, bint add_special=True, bint parse_special=False):
+        """Token ids of ``text`` (str or UTF-8 bytes) as an int32 numpy array."""
+        self.check_open()
+        cdef bytes data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        if len(data) > 0x7FFFFFF0:
+            raise ValueError(f"text of {len(data)} bytes is too long to tokenize")
+        cdef int32_t n_max = len(data) + 8
+        cdef cnp.ndarray[token_t, ndim=1] out = np.empty(n_max, dtype=np.int32)
+        cdef const char* cdata = data
+        cdef int32_t n_data = len(data)
+        cdef int32_t n
+        with nogil:
+            n = llama_tokenize(self.vocab, cdata, n_data, <token_t*> out.data, n_max,
+                               add_special, parse_special)
+        if n < 0:
+            if n == -0x7FFFFFFF - 1:
+                raise ValueError("tokenization overflowed int32")
+            n_max = -n
+            out = np.empty(n_max, dtype=np.int32)
+            with nogil:
+                n = llama_tokenize(self.vocab, cdata, n_data, <token_t*> out.data, n_max,
+                                   add_special, parse_special)
+            if n < 0:
+                raise SpecError("llama_tokenize failed")
+        return out[:n].copy()
+
+    def token_to_piece(self, int token, bint special=False):
+        """The bytes of one token (may be a partial UTF-8 sequence)."""
+        self.check_open()
+        self._check_token(token)
+        cdef char buf[128]
+        cdef int32_t n = llama_token_to_piece(self.vocab, token, buf, sizeof(buf), 0, special)
+        cdef char* big
+        if n >= 0:
+            return buf[:n]
+        big = <char*> malloc(-n)
+        if big == NULL:
+            raise MemoryError()
+        try:
+            n = llama_token_to_piece(self.vocab, token, big, -n, 0, special)
+            return big[:n]
+        finally:
+            free(big)
+
+    def detokenize(self, tokens, bint remove_special=False, bint unparse_special=False):
+        """The text of ``tokens`` (invalid UTF-8 replaced)."""
+        self.check_open()
+        cdef const token_t[::1] toks = _as_tokens(tokens, "tokens")
+        self.check_tokens(toks, "tokens")
+        cdef int32_t n_tok = toks.shape[0]
+        if n_tok == 0:
+            return ""
+        cdef int32_t cap = n_tok * 8 + 16
+        cdef bytearray buf = bytearray(cap)
+        cdef int32_t n = llama_detokenize(self.vocab, &toks[0], n_tok, <char*> buf, cap,
+                                          remove_special, unparse_special)
+        if n < 0:
+            cap = -n
+            buf = bytearray(cap)
+            n = llama_detokenize(self.vocab, &toks[0], n_tok, <char*> buf, cap,
+                                 remove_special, unparse_special)
+        return bytes(buf[:n]).decode("utf-8", "replace")
+
+    def __repr__(self):
+        state = "closed" if self.closed else f"n_vocab={self.n_vocab}"
+        return f"Model({self.path!r}, {state})"
+
+
+# -- Context ------------------------------------------------------------------------------------
+
+cdef class _LogitsView:
+    """Base object of the numpy views over a context's logits: keeps the context alive."""
+    cdef Context ctx
+
+    def __dealloc__(self):
+        if self.ctx is not None:
+            self.ctx.n_views -= 1
+            if self.ctx.closed and self.ctx.n_views == 0:
+                self.ctx.release()
+
+
+cdef class Context:
+    """A llama.cpp inference context (KV memory + compute buffers) over a Model.
+
+    Parameters
+    ----------
+    model : Model
+    n_ctx : int
+        Context window in tokens (default: min(4096, the model's training context)).
+    n_batch : int
+        Largest batch one decode call takes; longer inputs are split (default 512).
+    n_threads : int
+        CPU threads (default: all cores).
+    n_seq_max : int
+        Sequences that can share the context (batched generation).
+    seed : int
+        Seed for the samplers that draw from this context.
+    """
+
+    def __cinit__(self):
+        self.ptr = NULL
+        self.closed = False
+        self.n_views = 0
+        self.batch_capacity = 0
+        self.n_outputs = 0
+
+    def __init__(self, Model model not None, *, n_ctx=None, int n_batch=512, n_threads=None,
+                 int n_seq_max=1, seed=0, ctx_type="default", n_rs_seq=0, Context ctx_other=None,
+                 bint embeddings=False):
+        model.check_open()
+        if n_ctx is None:
+            n_ctx = min(4096, max(llama_model_n_ctx_train(model.ptr), 64))
+        if n_threads is None:
+            n_threads = os.cpu_count() or 1
+        for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_threads", n_threads),
+                            ("n_seq_max", n_seq_max)):
+            if int(value) <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if ctx_type not in ("default", "mtp"):
+            raise ValueError(f"ctx_type must be 'default' or 'mtp', got {ctx_type!r}")
+        if int(n_rs_seq) < 0:
+            raise ValueError(f"n_rs_seq must be >= 0, got {n_rs_seq}")
+        if ctx_other is not None:
+            ctx_other.check_open()
+        refresh_log_level()
+        cdef llama_context_params params = llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq_max
+        params.n_rs_seq = n_rs_seq
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.ctx_type = LLAMA_CONTEXT_TYPE_MTP if ctx_type == "mtp" else LLAMA_CONTEXT_TYPE_DEFAULT
+        params.kv_unified = True
+        params.embeddings = embeddings
+        params.ctx_other = ctx_other.ptr if ctx_other is not None else NULL
+        with nogil:
+            self.ptr = llama_init_from_model(model.ptr, params)
+        if self.ptr == NULL:
+            raise ContextError(f"llama.cpp could not create a context (n_ctx={n_ctx}, "
+                               f"n_batch={n_batch}); see the 'spec.llama' log")
+        self.model = model
+        model.n_contexts += 1
+        self.n_ctx = llama_n_ctx(self.ptr)
+        self.n_batch = llama_n_batch(self.ptr)
+        self.n_seq_max = llama_n_seq_max(self.ptr)
+        self.n_vocab = model.n_vocab
+        self.batch = llama_batch_init(self.n_batch, 0, 1)
+        self.batch_capacity = self.n_batch
+        self.seed = seed
+
+    def __dealloc__(self):
+        self.release()
+
+    cdef void release(self) noexcept:
+        if self.ptr != NULL:
+            llama_free(self.ptr)
+            self.ptr = NULL
+            if self.batch_capacity:
+                llama_batch_free(self.batch)
+                self.batch_capacity = 0
+            if self.model is not None:
+                self.model.release()
+
+    def close(self):
+        """Release the context; it is freed once no logits view points into it."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.n_views == 0:
+            self.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    cdef int check_open(self) except -1:
+        if self.closed or self.ptr == NULL:
+            raise ClosedError("context is closed")
+        return 0
+
+    @property
+    def closed(self):
+        return self.closed
+
+    @property
+    def n_threads(self):
+        self.check_open()
+        return llama_n_threads(self.ptr)
+
+    # -- C level ---------------------------------------------------------------------------------
+
+    cdef void batch_clear(self) noexcept nogil:
+        self.batch.n_tokens = 0
+
+    cdef int batch_add(self, token_t token, pos_t pos, seq_t seq, bint output) except -1 nogil:
+        cdef int i = self.batch.n_tokens
+        if i >= self.batch_capacity:
+            with gil:
+                raise ValueError(f"batch holds at most n_batch={self.batch_capacity} tokens")
+        self.batch.token[i] = token
+        self.batch.pos[i] = pos
+        self.batch.n_seq_id[i] = 1
+        self.batch.seq_id[i][0] = seq
+        self.batch.logits[i] = output
+        self.batch.n_tokens = i + 1
+        return 0
+
+    cdef int batch_decode(self) except -1 nogil:
+        cdef int32_t rc = llama_decode(self.ptr, self.batch)
+        cdef int i
+        if rc != 0:
+            self.n_outputs = 0
+            with gil:
+                raise decode_error(rc, self.batch.n_tokens)
+        self.n_outputs = 0
+        for i in range(self.batch.n_tokens):
+            self.n_outputs += self.batch.logits[i] != 0
+        return 0
+
+    cdef int decode_tokens(self, const token_t* tokens, int n, pos_t pos0, seq_t seq,
+                           bint all_logits) except -1 nogil:
+        cdef int start = 0, end, i
+        while start < n:
+            end = min(n, start + self.batch_capacity)
+            self.batch_clear()
+            for i in range(start, end):
+                self.batch_add(tokens[i], pos0 + i, seq, all_logits or i == n - 1)
+            self.batch_decode()
+            start = end
+        return 0
+
+    cdef const float* logits_row(self, int i) noexcept nogil:
+        return llama_get_logits_ith(self.ptr, i)
+
+    cdef bint seq_rm(self, seq_t seq, pos_t p0, pos_t p1) noexcept nogil:
+        return llama_memory_seq_rm(llama_get_memory(self.ptr), seq, p0, p1)
+
+    cdef pos_t seq_pos_max(self, seq_t seq) noexcept nogil:
+        return llama_memory_seq_pos_max(llama_get_memory(self.ptr), seq)
+
+    # -- Python level ----------------------------------------------------------------------------
+
+    def _check_seq(self, int seq_id):
+        if seq_id < 0 or seq_id >= self.n_seq_max:
+            raise ValueError(f"seq_id must be in [0, {self.n_seq_max}), got {seq_id}")
+
+    def decode(self, tokens, *, int pos=-1, int seq_id=0, bint all_logits=False):
+        """Decode ``tokens`` for ``seq_id`` starting at position ``pos`` (default: after the
+        sequence's last position). Afterwards :meth:`logits` holds one row per output position:
+        every position if ``all_logits``, else the last one.
+        """
+        self.check_open()
+        self._check_seq(seq_id)
+        cdef const token_t[::1] toks = _as_tokens(tokens, "tokens")
+        self.model.check_tokens(toks, "tokens")
+        cdef int n = toks.shape[0]
+        if n == 0:
+            raise ValueError("tokens is empty")
+        if pos < 0:
+            pos = self.seq_pos_max(seq_id) + 1
+        if pos + n > self.n_ctx:
+            raise ContextOverflowError(
+                f"{n} tokens at position {pos} do not fit in the context (n_ctx={self.n_ctx})")
+        if all_logits and n > self.batch_capacity:
+            raise ValueError(f"all_logits needs len(tokens) <= n_batch={self.batch_capacity}, got {n}")
+        with nogil:
+            self.decode_tokens(&toks[0], n, pos, seq_id, all_logits)
+
+    def logits(self):
+        """Zero-copy float32 view ``(n_outputs, n_vocab)`` of the last decode's logits.
+
+        The view keeps the context alive; its contents are overwritten by the next decode.
+        """
+        self.check_open()
+        cdef float* data = llama_get_logits(self.ptr)
+        cdef cnp.npy_intp shape[2]
+        shape[0] = self.n_outputs
+        shape[1] = self.n_vocab
+        if data == NULL or self.n_outputs == 0:
+            return np.empty((0, self.n_vocab), dtype=np.float32)
+        arr = cnp.PyArray_SimpleNewFromData(2, shape, cnp.NPY_FLOAT32, data)
+        owner = _LogitsView()
+        owner.ctx = self
+        self.n_views += 1
+        cnp.PyArray_SetBaseObject(arr, owner)
+        return arr
+
+    def kv_remove(self, int seq_id, int p0=0, int p1=-1):
+        """Remove positions [p0, p1) of ``seq_id`` from the KV memory (p1 < 0: to the end).
+
+        ``seq_id`` < 0 matches every sequence. Returns False if the memory cannot drop a partial
+        range (recurrent models).
+        """
+        self.check_open()
+        if seq_id >= self.n_seq_max:
+            raise ValueError(f"seq_id must be < {self.n_seq_max}, got {seq_id}")
+        return self.seq_rm(seq_id, p0, p1)
+
+    def kv_copy(self, int src_seq, int dst_seq, int p0=0, int p1=-1):
+        """Copy positions [p0, p1) of ``src_seq`` into ``dst_seq``."""
+        self.check_open()
+        self._check_seq(src_seq)
+        self._check_seq(dst_seq)
+        llama_memory_seq_cp(llama_get_memory(self.ptr), src_seq, dst_seq, p0, p1)
+
+    def kv_clear(self):
+        """Empty the KV memory of every sequence."""
+        self.check_open()
+        llama_memory_clear(llama_get_memory(self.ptr), True)
+
+    def kv_pos_max(self, int seq_id=0):
+        """The largest position stored for ``seq_id`` (-1 if empty)."""
+        self.check_open()
+        self._check_seq(seq_id)
+        return self.seq_pos_max(seq_id)
+
+    def kv_pos_min(self, int seq_id=0):
+        self.check_open()
+        self._check_seq(seq_id)
+        return llama_memory_seq_pos_min(llama_get_memory(self.ptr), seq_id)
+
+    def generate_greedy(self, prompt, int max_tokens, *, int seq_id=0, bint stop_at_eog=True):
+        """Plain greedy generation: prefill ``prompt`` in chunks of n_batch, then one token per
+        decode, all without the GIL. Returns ``(tokens, prefill_s, decode_s)``.
+
+        The sequence's KV memory is cleared first. The end-of-generation token that stops the
+        loop is not included in the output.
+        """
+        self.check_open()
+        self._check_seq(seq_id)
+        cdef const token_t[::1] toks = _as_tokens(prompt, "prompt")
+        self.model.check_tokens(toks, "prompt")
+        cdef int n_prompt = toks.shape[0]
+        if n_prompt == 0:
+            raise ValueError("prompt is empty")
+        if max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+        if n_prompt + max_tokens > self.n_ctx:
+            raise ContextOverflowError(
+                f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceed the context "
+                f"window n_ctx={self.n_ctx}")
+        out = np.empty(max_tokens, dtype=np.int32)
+        cdef token_t[::1] out_view = out
+        cdef int n_out = 0
+        cdef int64_t t0, t1, t2
+        self.seq_rm(seq_id, -1, -1)
+        with nogil:
+            t0 = llama_time_us()
+            self.decode_tokens(&toks[0], n_prompt, 0, seq_id, False)
+            t1 = llama_time_us()
+            n_out = self._greedy_loop(seq_id, n_prompt, max_tokens, stop_at_eog, &out_view[0] if max_tokens else NULL)
+            t2 = llama_time_us()
+        return out[:n_out].copy(), (t1 - t0) * 1e-6, (t2 - t1) * 1e-6
+
+    cdef int _greedy_loop(self, seq_t seq, pos_t pos, int max_tokens, bint stop_at_eog,
+                          token_t* out) except -1 nogil:
+        cdef int n_out = 0
+        cdef token_t tok
+        while n_out < max_tokens:
+            tok = _argmax(self.logits_row(-1), self.n_vocab)
+            if stop_at_eog and llama_vocab_is_eog(self.model.vocab, tok):
+                break
+            out[n_out] = tok
+            n_out += 1
+            if n_out == max_tokens:
+                break
+            with gil:
+                PyErr_CheckSignals()
+            self.decode_tokens(&tok, 1, pos, seq, False)
+            pos += 1
+        return n_out
+
+    def __repr__(self):
+        if self.closed:
+            return "Context(closed)"
+        return f"Context(n_ctx={self.n_ctx}, n_batch={self.n_batch}, n_seq_max={self.n_seq_max})"
+
+
+cdef inline token_t _argmax(const float* row, int n) noexcept nogil:
+    cdef int i, best = 0
+    cdef float v = row[0]
+    for i in range(1, n):
+        if row[i] > v:
+            v = row[i]
+            best = i
+    return best

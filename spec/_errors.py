@@ -1,0 +1,54 @@
+"""The exceptions spec raises. Every one of them derives from :class:`SpecError`."""
+from __future__ import annotations
+
+
+class SpecError(Exception):
+    """Base class of spec's own errors."""
+
+
+class ModelLoadError(SpecError):
+    """llama.cpp could not load a model file (not GGUF, truncated, unsupported architecture...)."""
+
+
+class ContextError(SpecError):
+    """llama.cpp could not create a context (e.g. out of memory for the requested n_ctx)."""
+
+
+class ClosedError(SpecError, ValueError):
+    """A closed Model, Context or Engine was used."""
+
+
+class ContextOverflowError(SpecError, ValueError):
+    """Tokens do not fit in the context window."""
+
+
+class DecodeError(SpecError):
+    """llama_decode failed. ``code`` is llama.cpp's return value."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+class KVCacheFullError(DecodeError):
+    """llama_decode returned 1: no KV slot for the batch (a warning upstream; fatal for a step)."""
+
+
+class DecodeAbortedError(DecodeError):
+    """llama_decode returned 2: the decode was aborted."""
+
+
+class InvalidBatchError(DecodeError):
+    """llama_decode returned -1: the batch was rejected as invalid."""
+
+
+def decode_error(code: int, n_tokens: int) -> DecodeError:
+    """Map a non-zero llama_decode return code to its exception."""
+    if code == 1:
+        return KVCacheFullError(
+            f"llama_decode: no KV slot for a batch of {n_tokens} tokens (context full?)", code)
+    if code == 2:
+        return DecodeAbortedError("llama_decode: aborted", code)
+    if code == -1:
+        return InvalidBatchError(f"llama_decode: invalid batch of {n_tokens} tokens", code)
+    return DecodeError(f"llama_decode failed with code {code} on a batch of {n_tokens} tokens", code)
