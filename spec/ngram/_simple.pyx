@@ -1,0 +1,86 @@
+"""ngram-simple: draft the tokens that followed the most recent earlier occurrence of the current n-gram.
+
+Same algorithm and parameters as llama.cpp's ``common_ngram_simple_draft`` (common/ngram-map.cpp,
+driven by ``common_speculative_impl_ngram_simple``): stateless, one backwards scan of the history
+per call.
+"""
+cimport cython
+from libc.string cimport memcmp, memcpy
+
+from spec._typedefs cimport token_t
+from spec.ngram._base cimport Drafter
+
+
+cdef Py_ssize_t ngram_simple_draft(const token_t* tokens, Py_ssize_t cur_len, token_t sampled,
+                                   Py_ssize_t n, Py_ssize_t m, Py_ssize_t n_max,
+                                   token_t* out) noexcept nogil:
+    """Write the draft for ``tokens[0..cur_len) + [sampled]`` to ``out`` (at most n_max); return its length.
+
+    The pattern is the last n-1 history tokens plus ``sampled``; start positions are scanned from
+    cur_len-n-1 down to 1 (position 0 is never a match upstream) and the first hit wins.
+    """
+    cdef Py_ssize_t j, match_pos = 0, copy_max
+    cdef const token_t* tail
+    cdef size_t head_bytes = <size_t> (n - 1) * sizeof(token_t)
+    # Needs n + m + 1 tokens before anything can be drafted.
+    if cur_len <= n + m + 1:
+        return 0
+    tail = tokens + cur_len - n + 1          # the n-1 history tokens of the pattern
+    j = cur_len - n - 1
+    while j > 0:
+        # The pattern's last token is `sampled`: test it first, then the n-1 others in one memcmp.
+        if tokens[j + n - 1] == sampled and memcmp(tokens + j, tail, head_bytes) == 0:
+            match_pos = j
+            break
+        j -= 1
+    if match_pos == 0:
+        return 0
+    copy_max = cur_len - (match_pos + n)
+    if copy_max > m:
+        copy_max = m
+    if copy_max < n:                         # upstream rejects drafts shorter than the n-gram
+        return 0
+    # common_speculative_draft truncates to the caller's n_max after the fact.
+    if copy_max > n_max:
+        copy_max = n_max
+    memcpy(out, tokens + match_pos + n, <size_t> copy_max * sizeof(token_t))
+    return copy_max
+
+
+@cython.final
+cdef class NgramSimple(Drafter):
+    """Self-speculation by n-gram lookup, llama.cpp's ``ngram-simple``.
+
+    Parameters
+    ----------
+    size_n : int
+        Length of the n-gram to look up: the last ``size_n - 1`` tokens of the history plus the
+        token just sampled.
+    size_m : int
+        Maximum draft length: the tokens after the most recent earlier occurrence of the n-gram.
+        A draft shorter than ``size_n`` is not offered, and nothing is drafted before the history
+        holds more than ``size_n + size_m + 1`` tokens.
+
+    Stateless: every sequence id shares the same (empty) state.
+    """
+    cdef readonly int size_n
+    cdef readonly int size_m
+
+    def __init__(self, int size_n=12, int size_m=48):
+        # Upstream stores both as uint16_t.
+        if not 1 <= size_n <= 0xFFFF:
+            raise ValueError(f"size_n must be in [1, 65535], got {size_n}")
+        if not 1 <= size_m <= 0xFFFF:
+            raise ValueError(f"size_m must be in [1, 65535], got {size_m}")
+        self.size_n = size_n
+        self.size_m = size_m
+
+    cdef Py_ssize_t _draft(self, int seq, const token_t* history, Py_ssize_t n_history,
+                           token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil:
+        return ngram_simple_draft(history, n_history, id_last, self.size_n, self.size_m, n_max, out)
+
+    def reset(self):
+        """Drop all state (there is none: ngram-simple is stateless)."""
+
+    def __repr__(self):
+        return f"NgramSimple(size_n={self.size_n}, size_m={self.size_m})"
