@@ -43,9 +43,9 @@ def extensions(llama):
         linked = name in LLAMA_LINKED
         exts.append(Extension(
             name, [str(pyx.relative_to(ROOT))], language="c++",
-            include_dirs=[np.get_include(), *(llama.include_dirs if linked else [])],
+            include_dirs=[np.get_include(), *llama.include_dirs],  # cimporting _core needs llama.h
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
-                           *([("GGML_USE_CPU", None), ("LLAMA_SUBPROCESS", None)] if linked else [])],
+                           ("GGML_USE_CPU", None), ("LLAMA_SUBPROCESS", None)],
             extra_compile_args=["-std=c++17", "-O3", *(["-fopenmp"] if linked else [])],
             extra_objects=llama.static_libs if linked else [],
             extra_link_args=(["-fopenmp", "-lpthread", "-ldl", "-lm", "-Wl,--exclude-libs,ALL"]

@@ -309,6 +309,15 @@ cdef class Model:
         self._check_token(token)
         return llama_vocab_is_eog(self.vocab, token)
 
+    def eog_mask(self):
+        """Boolean array over the vocabulary: True for end-of-generation tokens."""
+        self.check_open()
+        cdef cnp.ndarray[cnp.uint8_t, ndim=1] mask = np.zeros(self.n_vocab, dtype=np.uint8)
+        cdef int t
+        for t in range(self.n_vocab):
+            mask[t] = llama_vocab_is_eog(self.vocab, t)
+        return mask.astype(bool)
+
     def _check_token(self, int token):
         if token < 0 or token >= self.n_vocab:
             raise ValueError(f"token {token} is not a token id of this model "
@@ -602,7 +611,7 @@ cdef class Context:
         owner = _LogitsView()
         owner.ctx = self
         self.n_views += 1
-        cnp.PyArray_SetBaseObject(arr, owner)
+        cnp.set_array_base(arr, owner)
         return arr
 
     def kv_remove(self, int seq_id, int p0=0, int p1=-1):

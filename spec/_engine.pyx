@@ -1,0 +1,371 @@
+"""The speculative loop: draft → verify → accept for one or many sequences sharing a Context.
+
+Each sequence's state is a plain C struct (``SeqState``); one engine step builds ONE decode batch
+holding, for every active sequence, its last sampled token plus its draft, decodes it with logits
+at every position, verifies each sequence's slice, rolls back each sequence's rejected KV
+positions and tells the drafter what was accepted. ``run`` drives steps without the GIL until
+every sequence is done or ``max_steps`` steps ran (streaming takes a step at a time).
+
+Plain decoding is the same loop with drafts of length zero, so plain and speculative runs prefill
+identically and differ only in the verify batches (see the losslessness tests).
+"""
+from cpython.exc cimport PyErr_CheckSignals
+from libc.math cimport exp, log, pow
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memset
+
+import numpy as np
+cimport numpy as cnp
+
+from spec._core cimport Context
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from spec._typedefs cimport pos_t, seq_t, token_t
+from spec._verify cimport (SamplerParams, Rng, Workspace, rng_seed, sample_token, top2_margin,
+                           verify_greedy, verify_stochastic, workspace_free, workspace_init)
+from spec.ngram._base cimport Drafter
+
+cnp.import_array()
+
+
+cdef inline int64_t llama_time_us() noexcept nogil:
+    # Monotonic microseconds (this module links no llama.cpp code, so it keeps its own clock).
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+
+
+cdef struct SeqState:
+    seq_t seq               # sequence id in the context and the drafter
+    token_t* tokens         # [n_prompt + max_tokens]: prompt, then generated tokens
+    int n_prompt
+    int n_generated         # generated tokens in `tokens` (the last one is id_last, not yet decoded)
+    int max_tokens
+    pos_t n_past            # tokens in the KV memory (positions 0 .. n_past-1)
+    bint done
+    token_t* draft          # [n_draft_max] the current step's draft
+    int n_draft             # its length
+    int batch_start         # index of this sequence's first row in the step's batch
+    float* margins          # [max_tokens] top-1 minus top-2 logit per emitted token, or NULL
+    int64_t* accept_hist    # [n_draft_max + 1] verify steps by number of accepted drafts
+    int64_t* accept_by_pos  # [n_draft_max] accepted drafts by draft position
+    int64_t* draft_by_pos   # [n_draft_max] drafted tokens by draft position
+    Rng rng
+    SamplerParams sampler
+    # statistics
+    int64_t n_steps         # verify decodes that carried this sequence
+    int64_t n_drafted
+    int64_t n_accepted
+    # adaptive draft length ("auto")
+    double alpha            # EMA of the per-token acceptance probability
+    int steps_since_probe
+
+
+cdef struct EngineConfig:
+    int n_draft_max         # upper bound on a draft's length
+    bint auto_draft         # choose each draft's length from acceptance and cost
+    double draft_cost       # verify cost of one drafted token, in plain decode steps
+    bint trace              # record margins
+    int n_vocab
+    const unsigned char* is_eog  # [n_vocab] 1 for end-of-generation tokens
+
+
+cdef struct Timers:
+    double draft_s
+    double verify_s         # decode time of the verify batches
+    double sample_s         # verification / sampling kernels
+
+
+cdef int _auto_length(SeqState* s, const EngineConfig* cfg) noexcept nogil:
+    """Draft length k maximizing expected tokens per unit cost, E(k) / (1 + c·k) where
+    E(k) = (1 - a^(k+1)) / (1 - a) for per-token acceptance a; 0 when no draft pays. A one-token
+    probe every 16 plain steps keeps the estimate of a alive after it has fallen.
+    """
+    cdef double a = s.alpha, best = 1.0, value, expected
+    cdef int k, best_k = 0
+    for k in range(1, cfg.n_draft_max + 1):
+        expected = (1.0 - pow(a, k + 1)) / (1.0 - a) if a < 1.0 else k + 1.0
+        value = expected / (1.0 + cfg.draft_cost * k)
+        if value > best * 1.0001:
+            best = value
+            best_k = k
+    if best_k == 0:
+        s.steps_since_probe += 1
+        if s.steps_since_probe >= 16:
+            s.steps_since_probe = 0
+            return 1
+    return best_k
+
+
+cdef int _emit(SeqState* s, const token_t* toks, int n, const float* margins_src,
+               const unsigned char* is_eog) noexcept nogil:
+    """Append n verified tokens; stop at an end-of-generation token or the token budget."""
+    cdef int i
+    for i in range(n):
+        if s.n_generated >= s.max_tokens:
+            s.done = True
+            return 0
+        if is_eog[toks[i]]:
+            s.done = True
+            return 0
+        s.tokens[s.n_prompt + s.n_generated] = toks[i]
+        if s.margins != NULL:
+            s.margins[s.n_generated] = margins_src[i]
+        s.n_generated += 1
+    if s.n_generated >= s.max_tokens:
+        s.done = True
+    return 0
+
+
+
+cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const EngineConfig* cfg,
+               Workspace* ws, Timers* timers, token_t* out_buf, float* margin_buf) except -1 nogil:
+    """One draft → verify → accept step over every active sequence in seqs."""
+    cdef SeqState* s
+    cdef int i, j, k, n_acc, n_rows, n_budget
+    cdef int64_t t0, t1, t2
+    cdef const float* row0
+    # 1. drafts
+    t0 = llama_time_us()
+    for i in range(n_seqs):
+        s = seqs[i]
+        s.n_draft = 0
+        if s.done or drafter is None or cfg.n_draft_max == 0:
+            continue
+        k = _auto_length(s, cfg) if cfg.auto_draft else cfg.n_draft_max
+        n_budget = s.max_tokens - s.n_generated   # the step emits up to k + 1 tokens
+        k = min(k, n_budget - 1, ctx.n_ctx - s.n_past - 1)
+        if k > 0:
+            s.n_draft = <int> drafter.draft_seq(
+                s.seq, s.tokens, s.n_prompt + s.n_generated - 1,
+                s.tokens[s.n_prompt + s.n_generated - 1], k, s.draft)
+    t1 = llama_time_us()
+    timers.draft_s += (t1 - t0) * 1e-6
+    # 2. one batch: [id_last, draft...] per sequence, logits at every position
+    ctx.batch_clear()
+    n_rows = 0
+    for i in range(n_seqs):
+        s = seqs[i]
+        if s.done:
+            continue
+        s.batch_start = n_rows
+        ctx.batch_add(s.tokens[s.n_prompt + s.n_generated - 1], s.n_past, s.seq, True)
+        for j in range(s.n_draft):
+            ctx.batch_add(s.draft[j], s.n_past + 1 + j, s.seq, True)
+        n_rows += 1 + s.n_draft
+    if n_rows == 0:
+        return 0
+    ctx.batch_decode()
+    t2 = llama_time_us()
+    timers.verify_s += (t2 - t1) * 1e-6
+    # 3. verify each slice, roll back rejected positions, tell the drafter
+    for i in range(n_seqs):
+        s = seqs[i]
+        if s.done:
+            continue
+        row0 = ctx.logits_row(s.batch_start)
+        if s.sampler.temperature <= 0:
+            n_acc = verify_greedy(row0, cfg.n_vocab, cfg.n_vocab, s.draft, s.n_draft, out_buf)
+        else:
+            n_acc = verify_stochastic(row0, cfg.n_vocab, cfg.n_vocab, s.draft, NULL, s.n_draft,
+                                      &s.sampler, &s.rng, ws, out_buf)
+            if n_acc < 0:
+                with gil:
+                    raise RuntimeError("sampler workspace is smaller than the vocabulary")
+        if s.margins != NULL:
+            for j in range(n_acc + 1):
+                margin_buf[j] = top2_margin(row0 + <Py_ssize_t> j * cfg.n_vocab, cfg.n_vocab, NULL)
+        s.n_steps += 1
+        s.n_drafted += s.n_draft
+        s.n_accepted += n_acc
+        s.accept_hist[n_acc] += 1
+        for j in range(s.n_draft):
+            s.draft_by_pos[j] += 1
+            s.accept_by_pos[j] += j < n_acc
+        if s.n_draft > 0:
+            # EMA over drafted tokens: accepted ones count as successes, the first rejection as
+            # a failure; tokens after it carry no information.
+            for j in range(min(n_acc + 1, s.n_draft)):
+                s.alpha = 0.9 * s.alpha + 0.1 * (1.0 if j < n_acc else 0.0)
+            drafter.accept_seq(s.seq, n_acc)
+        s.n_past += 1 + n_acc
+        if s.n_draft > n_acc:
+            ctx.seq_rm(s.seq, s.n_past, -1)
+        _emit(s, out_buf, n_acc + 1, margin_buf, cfg.is_eog)
+    timers.sample_s += (llama_time_us() - t2) * 1e-6
+    return 0
+
+
+cdef class Sequence:
+    """Buffers and C state of one generation (a request) inside the engine loop."""
+    cdef SeqState state
+    cdef object tokens_arr, draft_arr, margins_arr, hist_arr, acc_pos_arr, draft_pos_arr
+    cdef readonly double prefill_s
+
+    def __init__(self, int seq, prompt, int max_tokens, int n_draft_max, *, double temperature=0.0,
+                 int top_k=0, double top_p=1.0, double min_p=0.0, uint64_t seed=0,
+                 bint trace=False, double alpha0=0.6):
+        prompt = np.ascontiguousarray(prompt, dtype=np.int32)
+        n_prompt = prompt.shape[0]
+        self.tokens_arr = np.zeros(n_prompt + max_tokens + 1, dtype=np.int32)
+        self.tokens_arr[:n_prompt] = prompt
+        self.draft_arr = np.zeros(max(n_draft_max, 1), dtype=np.int32)
+        self.margins_arr = np.zeros(max(max_tokens, 1), dtype=np.float32) if trace else None
+        self.hist_arr = np.zeros(n_draft_max + 1, dtype=np.int64)
+        self.acc_pos_arr = np.zeros(max(n_draft_max, 1), dtype=np.int64)
+        self.draft_pos_arr = np.zeros(max(n_draft_max, 1), dtype=np.int64)
+        memset(&self.state, 0, sizeof(SeqState))
+        cdef SeqState* s = &self.state
+        s.seq = seq
+        s.tokens = <token_t*> cnp.PyArray_DATA(self.tokens_arr)
+        s.n_prompt = n_prompt
+        s.max_tokens = max_tokens
+        s.draft = <token_t*> cnp.PyArray_DATA(self.draft_arr)
+        s.margins = <float*> cnp.PyArray_DATA(self.margins_arr) if trace else NULL
+        s.accept_hist = <int64_t*> cnp.PyArray_DATA(self.hist_arr)
+        s.accept_by_pos = <int64_t*> cnp.PyArray_DATA(self.acc_pos_arr)
+        s.draft_by_pos = <int64_t*> cnp.PyArray_DATA(self.draft_pos_arr)
+        s.sampler.temperature = temperature
+        s.sampler.top_k = top_k
+        s.sampler.top_p = top_p
+        s.sampler.min_p = min_p
+        s.alpha = alpha0
+        rng_seed(&s.rng, seed)
+        s.done = max_tokens == 0
+
+    @property
+    def seq_id(self):
+        return self.state.seq
+
+    @property
+    def done(self):
+        return bool(self.state.done)
+
+    @property
+    def n_prompt(self):
+        return self.state.n_prompt
+
+    @property
+    def n_generated(self):
+        return self.state.n_generated
+
+    @property
+    def tokens(self):
+        """The generated tokens so far (a copy)."""
+        return self.tokens_arr[self.state.n_prompt:self.state.n_prompt + self.state.n_generated].copy()
+
+    @property
+    def margins(self):
+        if self.margins_arr is None:
+            return None
+        return self.margins_arr[:self.state.n_generated].copy()
+
+    def stats(self):
+        cdef SeqState* s = &self.state
+        return {"n_steps": s.n_steps, "n_drafted": s.n_drafted, "n_accepted": s.n_accepted,
+                "accept_hist": self.hist_arr.copy(),
+                "accept_by_pos": self.acc_pos_arr.copy(), "draft_by_pos": self.draft_pos_arr.copy()}
+
+    def finish(self):
+        """Mark the sequence done (e.g. a stop string matched)."""
+        self.state.done = True
+
+
+cdef class Loop:
+    """Drives Sequences through a Context with a Drafter (or none: plain decoding)."""
+    cdef Context ctx
+    cdef Drafter drafter
+    cdef EngineConfig cfg
+    cdef Workspace ws
+    cdef Timers timers
+    cdef object out_arr, margin_arr, eog_arr
+
+    def __cinit__(self):
+        memset(&self.ws, 0, sizeof(Workspace))
+
+    def __init__(self, Context ctx not None, Drafter drafter=None, *, int n_draft_max=0,
+                 bint auto_draft=False, double draft_cost=0.43, bint trace=False):
+        self.ctx = ctx
+        self.drafter = drafter
+        self.cfg.n_draft_max = n_draft_max if drafter is not None else 0
+        self.cfg.auto_draft = auto_draft
+        self.cfg.draft_cost = draft_cost
+        self.cfg.trace = trace
+        self.cfg.n_vocab = ctx.n_vocab
+        self.eog_arr = np.ascontiguousarray(ctx.model.eog_mask(), dtype=np.uint8)
+        self.cfg.is_eog = <const unsigned char*> cnp.PyArray_DATA(self.eog_arr)
+        with nogil:
+            workspace_init(&self.ws, ctx.n_vocab)
+        self.out_arr = np.zeros(self.cfg.n_draft_max + 1, dtype=np.int32)
+        self.margin_arr = np.zeros(self.cfg.n_draft_max + 1, dtype=np.float32)
+        memset(&self.timers, 0, sizeof(Timers))
+
+    def __dealloc__(self):
+        workspace_free(&self.ws)
+
+    @property
+    def timers(self):
+        return {"draft_s": self.timers.draft_s, "verify_s": self.timers.verify_s,
+                "sample_s": self.timers.sample_s}
+
+    def reset_timers(self):
+        memset(&self.timers, 0, sizeof(Timers))
+
+    def start(self, Sequence sq not None):
+        """Prefill the sequence's prompt (its KV memory is cleared first), sample its first
+        token and begin it in the drafter."""
+        cdef SeqState* s = &sq.state
+        cdef Context ctx = self.ctx
+        cdef int64_t t0, t1
+        cdef token_t first
+        cdef float margin = 0
+        if s.n_prompt + s.max_tokens > ctx.n_ctx:
+            from spec._errors import ContextOverflowError
+            raise ContextOverflowError(
+                f"prompt ({s.n_prompt} tokens) + max_tokens ({s.max_tokens}) exceed the context "
+                f"window n_ctx={ctx.n_ctx}")
+        if self.drafter is not None:
+            self.drafter.reserve_seqs(s.seq + 1)
+        with nogil:
+            ctx.seq_rm(s.seq, -1, -1)
+            t0 = llama_time_us()
+            ctx.decode_tokens(s.tokens, s.n_prompt, 0, s.seq, False)
+            t1 = llama_time_us()
+            s.n_past = s.n_prompt
+            if not s.done:
+                first = sample_token(ctx.logits_row(-1), self.cfg.n_vocab, &s.sampler, &s.rng, &self.ws)
+                if s.margins != NULL:
+                    margin = top2_margin(ctx.logits_row(-1), self.cfg.n_vocab, NULL)
+                _emit(s, &first, 1, &margin, self.cfg.is_eog)
+            if self.drafter is not None:
+                self.drafter.begin_seq(s.seq, s.tokens, s.n_prompt)
+        sq.prefill_s = (t1 - t0) * 1e-6
+
+    def run(self, list sequences, int max_steps=-1):
+        """Run steps until every sequence is done (or max_steps steps); returns steps run."""
+        cdef int n = len(sequences), i, steps = 0, n_active
+        keep = np.zeros(max(n, 1), dtype=np.uintp)   # owns the pointer array
+        cdef SeqState** seqs = <SeqState**> cnp.PyArray_DATA(keep)
+        for i in range(n):
+            seqs[i] = &(<Sequence> sequences[i]).state
+        cdef token_t* out_buf = <token_t*> cnp.PyArray_DATA(self.out_arr)
+        cdef float* margin_buf = <float*> cnp.PyArray_DATA(self.margin_arr)
+        with nogil:
+            while max_steps < 0 or steps < max_steps:
+                n_active = 0
+                for i in range(n):
+                    n_active += not seqs[i].done
+                if n_active == 0:
+                    break
+                with gil:
+                    PyErr_CheckSignals()
+                _step(self.ctx, self.drafter, seqs, n, &self.cfg, &self.ws, &self.timers,
+                      out_buf, margin_buf)
+                steps += 1
+        return steps
+
+    def end(self, Sequence sq not None):
+        """Tell the drafter the sequence finished (its output may teach later sequences)."""
+        cdef SeqState* s = &sq.state
+        if self.drafter is not None:
+            with nogil:
+                self.drafter.end_seq(s.seq, s.tokens + s.n_prompt, s.n_generated)

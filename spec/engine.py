@@ -1,0 +1,317 @@
+"""The public generation API: :class:`Engine` over the compiled speculative loop.
+
+>>> engine = spec.Engine("default", drafter="suffix")          # doctest: +SKIP
+>>> result = engine.generate("def fib(n):", max_tokens=64)      # doctest: +SKIP
+>>> result.text, result.stats.mean_accept_len                   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import codecs
+import importlib
+import os
+import time
+from dataclasses import dataclass, field, asdict
+from typing import Iterator, Sequence as Seq
+
+import numpy as np
+
+from spec._core import Context, Model, as_tokens
+from spec._engine import Loop, Sequence
+from spec._errors import ContextOverflowError, SpecError
+from spec import models as _models
+
+# name -> (module, class, default parameters). Defaults follow llama.cpp's except where its
+# defaults draft nothing on short inputs (n=12, m=48 need ~61 tokens of history).
+DRAFTERS = {
+    "ngram-simple": ("spec.ngram._simple", "NgramSimple", {"size_n": 3, "size_m": 16}),
+    "ngram-map-k": ("spec.ngram._map", "NgramMapK", {"size_n": 3, "size_m": 16}),
+    "ngram-map-k4v": ("spec.ngram._map", "NgramMapK4V", {"size_n": 3, "size_m": 16}),
+    "ngram-mod": ("spec.ngram._mod", "NgramMod", {"n_match": 8, "n_max": 16, "n_min": 2}),
+    "ngram-cache": ("spec.ngram._cache", "NgramCache", {}),
+    "suffix": ("spec.ngram._suffix", "SuffixTree", {}),
+}
+LLAMA_PREFIX = "llama:"
+
+
+def drafter_names() -> list[str]:
+    """Every name :func:`make_drafter` accepts (``none`` means plain decoding)."""
+    return ["none", *DRAFTERS, *(LLAMA_PREFIX + n for n in DRAFTERS if n.startswith("ngram"))]
+
+
+def make_drafter(name: str, **params):
+    """A drafter by name: one of :func:`drafter_names` (``llama:<type>`` wraps llama.cpp's own)."""
+    if not isinstance(name, str):
+        raise TypeError(f"drafter name must be a str, got {type(name).__name__}")
+    if name == "none":
+        return None
+    if name.startswith(LLAMA_PREFIX):
+        kind = name[len(LLAMA_PREFIX):]
+        if kind not in DRAFTERS or not kind.startswith("ngram"):
+            raise ValueError(f"unknown drafter {name!r}; known: {', '.join(drafter_names())}")
+        from spec._upstream import LlamaDrafter
+        return LlamaDrafter(kind, **{**DRAFTERS[kind][2], **params})
+    if name not in DRAFTERS:
+        raise ValueError(f"unknown drafter {name!r}; known: {', '.join(drafter_names())}")
+    module, cls, defaults = DRAFTERS[name]
+    return getattr(importlib.import_module(module), cls)(**{**defaults, **params})
+
+
+@dataclass
+class Stats:
+    """Counters and timings of one generation."""
+    n_prompt: int = 0
+    n_generated: int = 0
+    n_steps: int = 0              # verify decodes
+    n_drafted: int = 0
+    n_accepted: int = 0
+    accept_by_pos: list = field(default_factory=list)   # acceptance rate at draft position i
+    accept_hist: list = field(default_factory=list)     # steps by number of accepted drafts
+    prefill_s: float = 0.0
+    draft_s: float = 0.0
+    verify_s: float = 0.0         # decode time of the verify batches
+    sample_s: float = 0.0         # verification and sampling kernels
+    decode_s: float = 0.0         # wall time after prefill
+
+    @property
+    def accept_rate(self) -> float:
+        return self.n_accepted / self.n_drafted if self.n_drafted else 0.0
+
+    @property
+    def mean_accept_len(self) -> float:
+        """Tokens emitted per verify step (accepted drafts + 1)."""
+        return (self.n_accepted + self.n_steps) / self.n_steps if self.n_steps else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        return self.n_generated / self.decode_s if self.decode_s > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(accept_rate=self.accept_rate, mean_accept_len=self.mean_accept_len,
+                 decode_tok_s=self.decode_tok_s)
+        return d
+
+    def format(self) -> str:
+        lines = [
+            f"prompt {self.n_prompt} tok, generated {self.n_generated} tok in {self.n_steps} steps",
+            f"drafted {self.n_drafted}, accepted {self.n_accepted} "
+            f"({100 * self.accept_rate:.1f} %), {self.mean_accept_len:.2f} tok/step",
+            f"prefill {self.prefill_s * 1e3:.1f} ms | draft {self.draft_s * 1e3:.1f} ms | "
+            f"verify {self.verify_s * 1e3:.1f} ms | sample {self.sample_s * 1e3:.1f} ms",
+            f"decode {self.decode_s:.3f} s, {self.decode_tok_s:.1f} tok/s",
+        ]
+        if self.accept_by_pos:
+            lines.append("acceptance by draft position: "
+                         + " ".join(f"{100 * r:.0f}%" for r in self.accept_by_pos))
+        return "\n".join(lines)
+
+
+@dataclass
+class Result:
+    """The output of :meth:`Engine.generate`."""
+    text: str
+    tokens: np.ndarray            # generated token ids (int32), without the prompt
+    stats: Stats
+    margins: np.ndarray | None = None   # top-1 minus top-2 logit per token (trace=True)
+
+    def print_stats(self) -> None:
+        print(self.stats.format())
+
+
+def _check_sampling(temperature, top_k, top_p, min_p):
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if int(top_k) < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not 0 <= min_p <= 1:
+        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
+
+
+class Engine:
+    """Speculative generation with a target model and a drafter.
+
+    Parameters
+    ----------
+    model : Model, str or os.PathLike
+        A loaded :class:`Model`, a GGUF path, or a name from ``spec.models`` ("default").
+    drafter : str, Drafter or None
+        A name from :func:`drafter_names`, a drafter object, or None for plain decoding.
+    n_draft : int or "auto"
+        Draft length; "auto" chooses each draft's length (≤ ``n_draft_max``) from the recent
+        acceptance and the verify cost of a drafted token, so speculation that does not pay
+        falls back to plain decoding.
+    n_draft_max : int
+        Upper bound on the draft length with ``n_draft="auto"``.
+    draft_cost : float
+        Verify cost of one drafted token in plain decode steps (≈ 0.43 for Gemma-3-270M on CPU).
+    n_ctx, n_batch, n_threads : int
+        Context options (see :class:`Context`).
+    drafter_params : dict
+        Extra constructor arguments for a drafter given by name.
+    """
+
+    def __init__(self, model, drafter="suffix", *, n_draft="auto", n_draft_max=16,
+                 draft_cost=0.43, n_ctx=None, n_batch=512, n_threads=None, n_parallel=1,
+                 drafter_params=None):
+        if isinstance(model, Model):
+            self.model = model
+        else:
+            self.model = Model(_models.resolve(model))
+        if n_draft == "auto":
+            self.auto_draft = True
+            self.n_draft = int(n_draft_max)
+        elif isinstance(n_draft, (int, np.integer)) and not isinstance(n_draft, bool):
+            self.auto_draft = False
+            self.n_draft = int(n_draft)
+        else:
+            raise ValueError(f"n_draft must be a positive int or 'auto', got {n_draft!r}")
+        if self.n_draft <= 0:
+            raise ValueError(f"n_draft must be > 0, got {self.n_draft}")
+        if not draft_cost >= 0:
+            raise ValueError(f"draft_cost must be >= 0, got {draft_cost}")
+        self.draft_cost = float(draft_cost)
+        if drafter is None or isinstance(drafter, str):
+            self.drafter = make_drafter(drafter or "none", **(drafter_params or {}))
+        else:
+            from spec.ngram._base import Drafter
+            if not isinstance(drafter, Drafter):
+                raise TypeError(f"drafter must be a name, a spec Drafter or None, got "
+                                f"{type(drafter).__name__}")
+            self.drafter = drafter
+        self.drafter_name = drafter if isinstance(drafter, str) else type(drafter).__name__
+        self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
+                           n_seq_max=n_parallel)
+        self._loops = {}
+
+    def close(self):
+        self.ctx.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- helpers --
+
+    def _loop(self, trace: bool) -> Loop:
+        loop = self._loops.get(trace)
+        if loop is None:
+            loop = Loop(self.ctx, self.drafter, n_draft_max=self.n_draft if self.drafter else 0,
+                        auto_draft=self.auto_draft, draft_cost=self.draft_cost, trace=trace)
+            self._loops[trace] = loop
+        return loop
+
+    def tokenize_prompt(self, prompt) -> np.ndarray:
+        if isinstance(prompt, (str, bytes)):
+            tokens = self.model.tokenize(prompt)
+        else:
+            tokens = as_tokens(prompt, "prompt")
+        if tokens.size == 0:
+            raise ValueError("prompt is empty")
+        bad = (tokens < 0) | (tokens >= self.model.n_vocab)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"prompt[{i}] = {tokens[i]} is not a token id of this model "
+                             f"(vocabulary size {self.model.n_vocab})")
+        return tokens
+
+    def _sequence(self, seq_id, prompt, max_tokens, temperature, top_k, top_p, min_p, seed, trace):
+        _check_sampling(temperature, top_k, top_p, min_p)
+        if int(max_tokens) < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+        tokens = self.tokenize_prompt(prompt)
+        if tokens.size + max_tokens > self.ctx.n_ctx:
+            raise ContextOverflowError(
+                f"prompt ({tokens.size} tokens) + max_tokens ({max_tokens}) exceed the context "
+                f"window n_ctx={self.ctx.n_ctx}")
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        return Sequence(seq_id, tokens, int(max_tokens), self.n_draft if self.drafter else 0,
+                        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                        min_p=float(min_p), seed=int(seed) & 0xFFFFFFFFFFFFFFFF, trace=trace)
+
+    def _stats(self, sq: Sequence, loop: Loop, decode_s: float) -> Stats:
+        raw = sq.stats()
+        timers = loop.timers
+        by_pos = [float(a) / d if d else 0.0 for a, d in zip(raw["accept_by_pos"], raw["draft_by_pos"])
+                  if d]
+        return Stats(n_prompt=sq.n_prompt, n_generated=sq.n_generated, n_steps=raw["n_steps"],
+                     n_drafted=raw["n_drafted"], n_accepted=raw["n_accepted"],
+                     accept_by_pos=by_pos, accept_hist=raw["accept_hist"].tolist(),
+                     prefill_s=sq.prefill_s, draft_s=timers["draft_s"],
+                     verify_s=timers["verify_s"], sample_s=timers["sample_s"], decode_s=decode_s)
+
+    # -- public API --
+
+    def generate(self, prompt, *, max_tokens=128, temperature=0.0, top_k=0, top_p=1.0,
+                 min_p=0.0, seed=None, stop: Seq[str] = (), trace=False) -> Result:
+        """Generate up to ``max_tokens`` tokens after ``prompt`` (text or token ids).
+
+        ``temperature`` 0 is greedy; otherwise the target distribution (top-k → top-p → min-p →
+        temperature) is sampled losslessly through rejection sampling. ``stop`` strings end the
+        generation (the stop string is not included). ``trace`` records per-token margins.
+        """
+        result = None
+        for piece in self._run(prompt, max_tokens, temperature, top_k, top_p, min_p, seed, stop,
+                               trace, streaming=False):
+            if isinstance(piece, Result):
+                result = piece
+        return result
+
+    def stream(self, prompt, *, max_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+               seed=None, stop: Seq[str] = ()) -> Iterator[str]:
+        """Yield text pieces as tokens are accepted (same arguments as :meth:`generate`)."""
+        for piece in self._run(prompt, max_tokens, temperature, top_k, top_p, min_p, seed, stop,
+                               False, streaming=True):
+            if isinstance(piece, str):
+                yield piece
+
+    def _run(self, prompt, max_tokens, temperature, top_k, top_p, min_p, seed, stop, trace,
+             streaming):
+        if self.ctx.closed:
+            raise SpecError("engine is closed")
+        stop = [stop] if isinstance(stop, str) else list(stop or ())
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise ValueError("stop must hold non-empty strings")
+        sq = self._sequence(0, prompt, max_tokens, temperature, top_k, top_p, min_p, seed, trace)
+        loop = self._loop(trace)
+        loop.reset_timers()
+        loop.start(sq)
+        t0 = time.perf_counter()
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        text, n_seen = [], 0
+        chunked = streaming or bool(stop)
+        while True:
+            toks = sq.tokens
+            if len(toks) > n_seen:
+                new = "".join(decoder.decode(self.model.token_to_piece(int(t))) for t in toks[n_seen:])
+                n_seen = len(toks)
+                text.append(new)
+                if stop:
+                    joined = "".join(text)
+                    cut = min((joined.find(s) for s in stop if s in joined), default=-1)
+                    if cut >= 0:
+                        start = len(joined) - len(new)
+                        text = [joined[:cut]]
+                        new = joined[start:cut]     # the part of this piece before the stop
+                        sq.finish()
+                        if streaming and new:
+                            yield new
+                        break
+                if streaming and new:
+                    yield new
+            if sq.done:
+                break
+            loop.run([sq], 1 if chunked else -1)
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            text.append(tail)
+            if streaming:
+                yield tail
+        decode_s = time.perf_counter() - t0
+        loop.end(sq)
+        yield Result(text="".join(text), tokens=sq.tokens, stats=self._stats(sq, loop, decode_s),
+                     margins=sq.margins)
