@@ -1,0 +1,41 @@
+"""Type stubs for spec._simulate (offline replay of a token stream through a drafter)."""
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from spec.ngram._base import Drafter
+
+class SimResult:
+    n_calls: int
+    n_generated: int
+    n_drafted: int
+    n_accepted: int
+    mean_accept_len: float
+    accept_rate: float
+    accept_hist: npt.NDArray[np.int64]
+    us_per_call: float
+    us_per_call_all: npt.NDArray[np.float64]
+    drafts: list[npt.NDArray[np.int32]] | None
+    def __init__(
+        self,
+        *,
+        n_calls: int,
+        n_generated: int,
+        n_drafted: int,
+        n_accepted: int,
+        accept_hist: npt.NDArray[np.int64],
+        us_per_call_all: npt.NDArray[np.float64],
+        drafts: list[npt.NDArray[np.int32]] | None = None,
+    ) -> None: ...
+    def as_dict(self) -> dict[str, Any]: ...
+
+def simulate(
+    drafter: Drafter,
+    tokens: npt.ArrayLike,
+    *,
+    n_max: int,
+    prompt_len: int = 0,
+    record: bool = False,
+    seq_id: int = 0,
+) -> SimResult: ...
