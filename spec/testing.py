@@ -80,13 +80,18 @@ def read_tokenizer_kv(path: str | os.PathLike) -> list[tuple[str, int, int | Non
 def make_tiny_llama(path: str | os.PathLike, *, vocab: str | os.PathLike | None = None,
                     n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_ff: int = 128,
                     n_ctx_train: int = 4096, seed: int = 0, perturb: float = 0.0,
-                    perturb_seed: int = 12345, embd_std: float = 1.0) -> Path:
+                    perturb_seed: int = 12345, embd_std: float = 1.0,
+                    proj_scale: float = 1.0) -> Path:
     """Write a tiny random llama-architecture GGUF to ``path`` and return the path.
 
     ``perturb`` > 0 adds N(0, perturb·std) noise (seeded by ``perturb_seed``) to every weight of
     the ``seed`` model: a draft model close to its target. Weights are drawn layer by layer in a
     fixed order, so a model with fewer layers shares the first layers of one with more.
     The output head is untied (a random tied model mostly repeats its input token).
+
+    ``proj_scale`` scales the attention and feed-forward weights: near 0 the model becomes a
+    bigram table (next token = f(current token)), whose greedy output falls into a cycle —
+    repetitive text on which drafters get accepted, as with real models on grounded prompts.
     """
     from gguf import GGUFValueType, GGUFWriter, LlamaFileType
 
@@ -131,7 +136,9 @@ def make_tiny_llama(path: str | os.PathLike, *, vocab: str | os.PathLike | None 
         return a
 
     def matrix(name, rows, cols, std=None):
-        writer.add_tensor(name, draw((rows, cols), std if std is not None else 1 / np.sqrt(cols)))
+        if std is None:
+            std = proj_scale / np.sqrt(cols)
+        writer.add_tensor(name, draw((rows, cols), std))
 
     def norm(name):
         a = np.ones(n_embd, dtype=np.float32)
