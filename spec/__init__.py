@@ -1,1 +1,40 @@
-"""spec: speculative decoding on llama.cpp (public API assembled at the end of the foundation)."""
+"""spec: speculative decoding on llama.cpp, with typed Cython drafters and a nogil engine loop.
+
+Research code imports everything from here:
+
+- :class:`Model`, :class:`Context` — handles over llama.cpp (``spec._core``);
+- :class:`Engine` — generation with a drafter (``spec.engine``);
+- drafters: :class:`NgramSimple`, :class:`NgramMapK`, :class:`NgramMapK4V`, :class:`NgramMod`,
+  :class:`NgramCache`, :class:`SuffixTree`, and :func:`llama_drafter` (llama.cpp's own);
+- :func:`simulate` — replay a token stream through a drafter without a model.
+"""
+from spec._errors import (ClosedError, ContextError, ContextOverflowError, DecodeAbortedError,
+                          DecodeError, InvalidBatchError, KVCacheFullError, ModelLoadError,
+                          SpecError)
+from spec._core import Context, Model
+from spec.engine import Engine, Result, Stats, drafter_names, make_drafter
+from spec.models import ModelNotInstalledError
+from spec.ngram import (Drafter, NgramCache, NgramMapK, NgramMapK4V, NgramMod, NgramSimple,
+                        SuffixTree)
+from spec._simulate import SimResult, simulate
+from spec._upstream import LlamaDrafter
+
+__version__ = "0.1.0"
+
+
+def llama_drafter(type_name: str, **params) -> LlamaDrafter:
+    """llama.cpp's own implementation of an n-gram drafter type, behind spec's Drafter interface.
+
+    ``type_name`` is one of "ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod",
+    "ngram-cache"; ``params`` use the same names as spec's Cython drafters.
+    """
+    return LlamaDrafter(type_name, **params)
+
+
+__all__ = [
+    "ClosedError", "Context", "ContextError", "ContextOverflowError", "DecodeAbortedError",
+    "DecodeError", "Drafter", "Engine", "InvalidBatchError", "KVCacheFullError", "LlamaDrafter",
+    "Model", "ModelLoadError", "ModelNotInstalledError", "NgramCache", "NgramMapK", "NgramMapK4V",
+    "NgramMod", "NgramSimple", "Result", "SimResult", "SpecError", "Stats", "SuffixTree",
+    "drafter_names", "llama_drafter", "make_drafter", "simulate",
+]

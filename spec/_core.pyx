@@ -23,6 +23,9 @@ cnp.import_array()
 # -- logging ------------------------------------------------------------------------------------
 
 llama_logger = logging.getLogger("spec.llama")
+if llama_logger.level == logging.NOTSET:
+    # llama.cpp warns about benign things on every load; quiet unless the user asks for more.
+    llama_logger.setLevel(logging.ERROR)
 
 # Messages below this ggml level are dropped in C without taking the GIL (refreshed from the
 # `spec.llama` logger's level whenever a model or context is created).

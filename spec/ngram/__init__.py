@@ -1,0 +1,13 @@
+"""Drafters in typed Cython: llama.cpp's n-gram family and a suffix tree, one interface."""
+from spec.ngram._base import Drafter
+from spec.ngram._cache import NgramCache
+from spec.ngram._map import NgramMapK, NgramMapK4V
+from spec.ngram._mod import NgramMod
+from spec.ngram._simple import NgramSimple
+try:
+    from spec.ngram._suffix import SuffixTree
+except ImportError:  # TEMP while building
+    SuffixTree = None
+
+__all__ = ["Drafter", "NgramCache", "NgramMapK", "NgramMapK4V", "NgramMod", "NgramSimple",
+           "SuffixTree"]

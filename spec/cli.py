@@ -1,0 +1,182 @@
+"""Command line: ``python -m spec {info,generate,demo}``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+DEMO_PROMPT = '''Here is a Python function:
+
+```python
+def moving_average(values, window):
+    """Return the moving averages of values over a sliding window."""
+    if window <= 0:
+        raise ValueError("window must be positive")
+    averages = []
+    total = 0.0
+    for index, value in enumerate(values):
+        total += value
+        if index >= window:
+            total -= values[index - window]
+        if index >= window - 1:
+            averages.append(total / window)
+    return averages
+```
+
+The same function, with the variable `values` renamed to `samples`:
+
+```python
+'''
+
+
+def _n_draft(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--n-draft must be a positive integer or 'auto', got {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--n-draft must be > 0, got {value}")
+    return value
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default",
+                   help="'default' (Gemma-3-270M), 'smollm2', or a GGUF path")
+    p.add_argument("--n-ctx", type=int, default=None, help="context window (default: min(4096, training))")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
+
+
+def _add_generation_options(p: argparse.ArgumentParser) -> None:
+    from spec.engine import drafter_names
+    p.add_argument("--drafter", default="none", choices=drafter_names(),
+                   help="drafting method (default: none = plain decoding)")
+    p.add_argument("--n-draft", type=_n_draft, default="auto", help="draft length or 'auto'")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m spec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("info", help="llama.cpp commit, build flags and CPU features")
+
+    gen = sub.add_parser("generate", help="generate text for one prompt")
+    _add_model_options(gen)
+    src = gen.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text")
+    src.add_argument("--prompt-file", type=Path, help="file holding the prompt")
+    _add_generation_options(gen)
+    gen.add_argument("--json", action="store_true", help="print one JSON object")
+    gen.add_argument("--trace", action="store_true",
+                     help="with --json: add per-token top-1 minus top-2 logit margins")
+
+    demo = sub.add_parser("demo", help="the same grounded prompt with and without speculation")
+    _add_model_options(demo)
+    demo.add_argument("--drafter", default="suffix")
+    demo.add_argument("--max-tokens", type=int, default=128)
+    demo.add_argument("--json", action="store_true")
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    if verbose:
+        logging.getLogger("spec.llama").setLevel(logging.INFO)
+
+
+def cmd_info(args) -> int:
+    from spec import _build_info, _core
+    print(f"spec {__import__('spec').__version__}")
+    print(f"llama.cpp commit: {_build_info.LLAMA_CPP_COMMIT}")
+    print(f"llama.cpp source: {_build_info.LLAMA_CPP_SRC}")
+    print(f"llama.cpp build:  {_build_info.LLAMA_CPP_BUILD}")
+    print(f"cmake flags:      {' '.join(_build_info.CMAKE_FLAGS)}")
+    feats = _core.cpu_features()
+    print("cpu features:     " + " ".join(k for k, v in feats.items() if v))
+    print(f"system info:      {_core.system_info().strip()}")
+    return 0
+
+
+def _engine(args, drafter):
+    from spec.engine import Engine
+    return Engine(args.model, drafter=drafter, n_draft=getattr(args, "n_draft", "auto"),
+                  n_ctx=args.n_ctx, n_threads=args.threads)
+
+
+def cmd_generate(args) -> int:
+    prompt = args.prompt if args.prompt is not None else args.prompt_file.read_text()
+    if args.max_tokens < 0:
+        raise ValueError(f"--max-tokens must be >= 0, got {args.max_tokens}")
+    with _engine(args, args.drafter) as engine:
+        result = engine.generate(prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                                 top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                                 seed=args.seed, stop=args.stop, trace=args.trace)
+    st = result.stats
+    if args.json:
+        out = {
+            "text": result.text, "tokens": result.tokens.tolist(), "n_prompt": st.n_prompt,
+            "n_generated": st.n_generated, "prefill_s": st.prefill_s, "decode_s": st.decode_s,
+            "decode_tok_s": st.decode_tok_s, "drafter": args.drafter, "n_steps": st.n_steps,
+            "n_drafted": st.n_drafted, "n_accepted": st.n_accepted, "accept_rate": st.accept_rate,
+            "mean_accept_len": st.mean_accept_len, "draft_s": st.draft_s, "verify_s": st.verify_s,
+            "sample_s": st.sample_s,
+        }
+        if args.trace:
+            out["margins"] = [float(m) for m in result.margins]
+        print(json.dumps(out))
+    else:
+        print(result.text)
+        print(st.format(), file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from spec.engine import Engine
+    from spec._core import Model
+    from spec.models import resolve
+    model = Model(resolve(args.model))
+    rows = {}
+    for label, drafter in (("plain", "none"), (args.drafter, args.drafter)):
+        with Engine(model, drafter=drafter, n_ctx=args.n_ctx, n_threads=args.threads) as engine:
+            engine.generate(DEMO_PROMPT, max_tokens=8)           # warm-up
+            rows[label] = engine.generate(DEMO_PROMPT, max_tokens=args.max_tokens)
+    plain, spec_ = rows["plain"], rows[args.drafter]
+    speedup = spec_.stats.decode_tok_s / plain.stats.decode_tok_s if plain.stats.decode_tok_s else 0
+    same = len(plain.tokens) == len(spec_.tokens) and bool((plain.tokens == spec_.tokens).all())
+    if args.json:
+        print(json.dumps({"plain_tok_s": plain.stats.decode_tok_s,
+                          "spec_tok_s": spec_.stats.decode_tok_s, "speedup": speedup,
+                          "drafter": args.drafter, "accept_rate": spec_.stats.accept_rate,
+                          "mean_accept_len": spec_.stats.mean_accept_len, "identical": same}))
+        return 0
+    print(spec_.text)
+    print("-" * 60)
+    print(f"model: {model.path}")
+    print(f"plain decoding:        {plain.stats.decode_tok_s:7.1f} tok/s")
+    print(f"speculative ({args.drafter}): {spec_.stats.decode_tok_s:7.1f} tok/s  "
+          f"(accepted {100 * spec_.stats.accept_rate:.0f} % of drafts, "
+          f"{spec_.stats.mean_accept_len:.2f} tok/step)")
+    print(f"speedup:               {speedup:7.2f}x   identical output: {same}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(getattr(args, "verbose", False))
+    from spec._errors import SpecError
+    try:
+        return {"info": cmd_info, "generate": cmd_generate, "demo": cmd_demo}[args.command](args)
+    except (SpecError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
