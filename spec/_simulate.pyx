@@ -114,6 +114,8 @@ def simulate(Drafter drafter not None, tokens, *, Py_ssize_t n_max, Py_ssize_t p
     cdef Py_ssize_t i = p, cap, n, k, n_calls = 0, n_drafted = 0, n_accepted = 0
     cdef int64_t t0
 
+    if n_tok > p:
+        times_ns.reserve(n_tok - p)          # no reallocation between timed calls
     with nogil:
         drafter.begin_seq(seq_id, t, p)
         while i < n_tok - 1:

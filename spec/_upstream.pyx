@@ -58,6 +58,11 @@ cdef enum:
     MAX_SIZE_M = 32767
     MAX_U16 = 65535
 
+# Sequence ids per drafter: llama.cpp's LLAMA_MAX_SEQ (src/llama-cparams.h), the most a context
+# can hold. Also bounds memory: ngram-map keeps a 1 MiB hash table per sequence.
+cdef enum:
+    MAX_SEQ = 256
+
 
 def set_log_verbosity(int verbosity):
     """Print upstream ``common_log`` messages up to ``verbosity`` (-1: none, 2: warnings, 5: debug).
@@ -175,7 +180,8 @@ cdef class LlamaDrafter(Drafter):
       ``static_path`` / ``dynamic_path`` (n-gram cache files written by llama-lookup-create /
       llama-lookup-merge, or None).
 
-    ``n_seq`` is how many sequence ids to create state for up front (see the module docstring).
+    ``n_seq`` (1..256, llama.cpp's LLAMA_MAX_SEQ) is how many sequence ids to create state for up
+    front (see the module docstring).
     Unknown types, unknown parameter names and out-of-range values raise ValueError; non-integer
     values TypeError; unreadable cache files OSError.
 
@@ -214,7 +220,7 @@ cdef class LlamaDrafter(Drafter):
         if type_name not in SUPPORTED_TYPES:
             raise ValueError(f"unknown or unsupported speculative type {type_name!r}; "
                              f"LlamaDrafter supports {', '.join(SUPPORTED_TYPES)}")
-        cdef int n = _int_param(type_name, "n_seq", n_seq, 1, 1 << 20)
+        cdef int n = _int_param(type_name, "n_seq", n_seq, 1, MAX_SEQ)
         unknown = sorted(set(params) - set(DEFAULTS[type_name]))
         if unknown:
             raise ValueError(f"{type_name} has no parameter {unknown[0]!r} "
@@ -295,6 +301,9 @@ cdef class LlamaDrafter(Drafter):
     cdef int _reserve(self, int n_seq) except -1:
         if n_seq <= self.capacity:
             return 0
+        if n_seq > MAX_SEQ:
+            raise ValueError(f"LlamaDrafter serves at most {MAX_SEQ} sequences (llama.cpp's "
+                             f"LLAMA_MAX_SEQ); sequence id {n_seq - 1} is out of range")
         if self.started:
             raise ValueError(
                 f"LlamaDrafter({self.type_name!r}) holds {self.capacity} sequence(s) and a "

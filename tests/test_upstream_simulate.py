@@ -115,6 +115,7 @@ def test_type_name_must_be_str():
     ("ngram-mod", dict(size_n=4)),
     ("ngram-cache", dict(bogus=1)),
     ("ngram-simple", dict(n_seq=0)),
+    ("ngram-simple", dict(n_seq=257)),
 ])
 def test_bad_params_raise_value_error(type_name, params):
     with pytest.raises(ValueError, match=list(params)[-1]):
@@ -320,6 +321,14 @@ def test_capacity_grows_until_a_sequence_begins():
     assert d.capacity == 3
     d.begin(toks[:4], seq_id=5)           # after reset nothing has begun
     assert d.capacity == 6
+
+
+def test_sequence_ids_bounded_by_llama_max_seq():
+    d = LlamaDrafter("ngram-simple")
+    with pytest.raises(ValueError, match="at most 256"):
+        d.begin([1, 2], seq_id=256)
+    d.begin([1, 2], seq_id=255)
+    assert d.capacity == 256
 
 
 def test_reset_forgets():
