@@ -19,7 +19,6 @@ callback to route it. This module sets its threshold so that nothing is printed;
 cimport cython
 from libc.stdint cimport INT32_MAX, UINT32_MAX, int32_t, uint16_t, uint32_t
 from libc.string cimport memcpy
-from libcpp.string cimport string
 from libcpp.vector cimport vector
 
 import operator
@@ -188,7 +187,11 @@ cdef class LlamaDrafter(Drafter):
     Beyond upstream, ``accept(n)`` requires ``n`` <= the length of the last draft of that sequence
     (upstream asserts or corrupts its statistics otherwise), and for the ngram-map types a draft
     whose history is shorter than the one before it (without a new ``begin``) raises ValueError
-    (upstream aborts the process).
+    (upstream aborts the process). ``accept`` is once per draft; ``end`` does nothing upstream
+    (learned state carries over to the next ``begin`` of the sequence, as in llama-server).
+
+    Each draft copies the history into the ``std::vector`` upstream takes: an O(history) memcpy
+    per call that :func:`spec._simulate.simulate` timings include.
     """
     cdef common_speculative* spec
     cdef common_params_speculative cparams
