@@ -36,6 +36,8 @@ cdef struct Workspace:   # scratch buffers sized for one vocabulary; allocated o
     float* r             # [n_vocab] residual weights max(0, p - q) for rejection with draft probs
     uint64_t* keys       # [n_vocab] sort keys (logit descending, id ascending) for top-k / top-p
     token_t* kept        # [n_vocab] ids with w > 0 possible, when a filter is on
+    double* wsum         # [ceil(n_vocab / 256)] block sums of w when every id is a candidate
+    double* rsum         # [ceil(n_vocab / 256)] block sums of r, likewise
     int n_kept           # entries of kept in use; -1 = no filter, every id is a candidate
     double z             # sum of w: p(i) = w[i] / z
 
@@ -51,7 +53,8 @@ cdef token_t argmax(const float* logits, int n_vocab) noexcept nogil
 cdef float top2_margin(const float* logits, int n_vocab, token_t* top) noexcept nogil
 
 # Fill ws with the target distribution p of one row (see above); returns the argmax id.
-# Rows without positive finite mass (all -inf, NaN, +inf) fall back to one-hot at the argmax.
+# A row whose maximum is not finite (+inf, or nothing above -inf) falls back to one-hot at the
+# argmax; NaN entries get weight 0. Weights use a vectorized exp accurate to ~1e-7 relative.
 # Returns -1 (and leaves ws unusable) if ws.n_vocab < n_vocab.
 cdef token_t target_weights(const float* logits, int n_vocab, const SamplerParams* params,
                             Workspace* ws) noexcept nogil
