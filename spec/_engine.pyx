@@ -265,6 +265,10 @@ cdef class Sequence:
                 "accept_hist": self.hist_arr.copy(),
                 "accept_by_pos": self.acc_pos_arr.copy(), "draft_by_pos": self.draft_pos_arr.copy()}
 
+    def set_seq_id(self, int seq):
+        """The context sequence (slot) this generation runs in; set before Loop.start."""
+        self.state.seq = seq
+
     def finish(self):
         """Mark the sequence done (e.g. a stop string matched)."""
         self.state.done = True
@@ -340,9 +344,10 @@ cdef class Loop:
                 self.drafter.begin_seq(s.seq, s.tokens, s.n_prompt)
         sq.prefill_s = (t1 - t0) * 1e-6
 
-    def run(self, list sequences, int max_steps=-1):
-        """Run steps until every sequence is done (or max_steps steps); returns steps run."""
-        cdef int n = len(sequences), i, steps = 0, n_active
+    def run(self, list sequences, int max_steps=-1, bint until_one_done=False):
+        """Run steps until every sequence is done, or max_steps steps ran, or (with
+        until_one_done) a sequence finished; returns the number of steps run."""
+        cdef int n = len(sequences), i, steps = 0, n_active, n_active0 = -1
         keep = np.zeros(max(n, 1), dtype=np.uintp)   # owns the pointer array
         cdef SeqState** seqs = <SeqState**> cnp.PyArray_DATA(keep)
         for i in range(n):
@@ -354,8 +359,9 @@ cdef class Loop:
                 n_active = 0
                 for i in range(n):
                     n_active += not seqs[i].done
-                if n_active == 0:
+                if n_active == 0 or (until_one_done and 0 <= n_active0 != n_active):
                     break
+                n_active0 = n_active
                 with gil:
                     PyErr_CheckSignals()
                 _step(self.ctx, self.drafter, seqs, n, &self.cfg, &self.ws, &self.timers,

@@ -181,6 +181,7 @@ class Engine:
                                 f"{type(drafter).__name__}")
             self.drafter = drafter
         self.drafter_name = drafter if isinstance(drafter, str) else type(drafter).__name__
+        self._n_threads = n_threads
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
                            n_seq_max=n_parallel)
         self._loops = {}
@@ -315,3 +316,101 @@ class Engine:
         loop.end(sq)
         yield Result(text="".join(text), tokens=sq.tokens, stats=self._stats(sq, loop, decode_s),
                      margins=sq.margins)
+
+    # -- batches --
+
+    _REQUEST_KEYS = {"prompt", "max_tokens", "temperature", "top_k", "top_p", "min_p", "seed",
+                     "stop"}
+
+    def _batch_context(self, n_parallel: int) -> None:
+        if n_parallel <= 0:
+            raise ValueError(f"n_parallel must be > 0, got {n_parallel}")
+        if self.ctx.n_seq_max < n_parallel:
+            n_ctx, n_batch = self.ctx.n_ctx, self.ctx.n_batch
+            self.ctx.close()
+            self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_seq_max=n_parallel,
+                               n_threads=self._n_threads)
+            self._loops = {}
+
+    def iter_batch(self, prompts, *, n_parallel=8, max_tokens=128, temperature=0.0, top_k=0,
+                   top_p=1.0, min_p=0.0, seed=0, stop: Seq[str] = ()):
+        """Generate for many prompts, ``n_parallel`` sequences per decode batch; yields
+        ``(index, Result)`` as each request finishes.
+
+        Each item of ``prompts`` is text, token ids, or a dict with ``prompt`` and optional
+        per-request ``max_tokens``, ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``seed``,
+        ``stop``. Requests are validated before anything is generated. Every step decodes one
+        batch holding each active sequence's last token and draft; a finished sequence's slot
+        takes the next request (its prompt is prefilled in its own decode calls). The drafter's
+        per-sequence state is reset for each request; what it learns across requests (the suffix
+        tree's global tree) is kept.
+        """
+        defaults = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        min_p=min_p, seed=seed, stop=stop)
+        requests = []
+        for i, item in enumerate(prompts):
+            req = dict(defaults)
+            if isinstance(item, dict):
+                unknown = set(item) - self._REQUEST_KEYS
+                if unknown:
+                    raise ValueError(f"request {i}: unknown keys {sorted(unknown)}")
+                if "prompt" not in item:
+                    raise ValueError(f"request {i}: missing 'prompt'")
+                req.update(item)
+            else:
+                req["prompt"] = item
+            stops = [req["stop"]] if isinstance(req["stop"], str) else list(req["stop"] or ())
+            if any(not isinstance(s, str) or not s for s in stops):
+                raise ValueError(f"request {i}: stop must hold non-empty strings")
+            req["stop"] = stops
+            requests.append(req)
+        if not requests:
+            return
+        self._batch_context(n_parallel)
+        # Build (and validate) every sequence up front; slot ids are assigned when they start.
+        pending = []
+        for i, req in enumerate(requests):
+            try:
+                sq = self._sequence(0, req["prompt"], req["max_tokens"], req["temperature"],
+                                    req["top_k"], req["top_p"], req["min_p"], req["seed"], False)
+            except (ValueError, TypeError) as e:
+                raise type(e)(f"request {i}: {e}") from None
+            pending.append((i, req, sq))
+        pending.reverse()
+        loop = self._loop(False)
+        loop.reset_timers()
+        free_slots = list(range(n_parallel - 1, -1, -1))
+        active = {}                         # slot -> (index, request, Sequence, start time)
+        any_stop = any(req["stop"] for req in requests)
+        while pending or active:
+            while pending and free_slots:
+                i, req, sq = pending.pop()
+                slot = free_slots.pop()
+                sq.set_seq_id(slot)
+                loop.start(sq)
+                active[slot] = (i, req, sq, time.perf_counter())
+            seqs = [entry[2] for entry in active.values()]
+            loop.run(seqs, 1 if any_stop else -1, until_one_done=True)
+            for slot, (i, req, sq, t0) in list(active.items()):
+                text = None
+                if req["stop"] and not sq.done:
+                    text = self.model.detokenize(sq.tokens)
+                    if any(s in text for s in req["stop"]):
+                        sq.finish()
+                if sq.done:
+                    loop.end(sq)
+                    del active[slot]
+                    free_slots.append(slot)
+                    text = self.model.detokenize(sq.tokens)
+                    cuts = [text.find(s) for s in req["stop"] if s in text]
+                    if cuts:
+                        text = text[:min(cuts)]
+                    yield i, Result(text=text, tokens=sq.tokens,
+                                    stats=self._stats(sq, loop, time.perf_counter() - t0))
+
+    def generate_batch(self, prompts, **kwargs) -> list:
+        """:meth:`iter_batch` collected into a list of Results in input order."""
+        results = {}
+        for i, result in self.iter_batch(prompts, **kwargs):
+            results[i] = result
+        return [results[i] for i in range(len(results))]

@@ -1,0 +1,210 @@
+"""The speculative engine: lossless greedy output, KV consistency, sampling, bad input."""
+from __future__ import annotations
+
+import _thread
+import threading
+
+import numpy as np
+import pytest
+
+import spec
+from spec.engine import DRAFTERS, Engine
+
+# Every drafter the engine knows by name, Cython and llama.cpp's own.
+ALL_DRAFTERS = [*DRAFTERS, *(f"llama:{n}" for n in DRAFTERS if n.startswith("ngram"))]
+# Drafters that learn only from the running sequence (ngram-cache needs repeated 1-4-grams with
+# strict thresholds; it is exercised for losslessness but not required to accept).
+MUST_ACCEPT = [d for d in ALL_DRAFTERS if "ngram-cache" not in d]
+
+TINY_TIE = 1e-3      # f32 tiny models: batch-shape rounding differences are ~1e-5
+
+
+def first_divergence(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    diff = np.nonzero(a[:n] != b[:n])[0]
+    if diff.size:
+        return int(diff[0])
+    return -1 if len(a) == len(b) else n
+
+
+def assert_lossless(plain: spec.Result, other: spec.Result, tie: float) -> bool:
+    """Equal tokens, or a first divergence where the plain run's top-two logits nearly tie.
+    Returns True if the runs diverged (at a near-tie)."""
+    i = first_divergence(plain.tokens, other.tokens)
+    if i < 0:
+        return False
+    assert i < len(plain.tokens) and i < len(other.tokens), "one run stopped early"
+    assert plain.margins is not None
+    assert plain.margins[i] <= tie, (
+        f"divergence at token {i} with a clear margin {plain.margins[i]:.4f} > {tie}: "
+        f"plain {plain.tokens[i]} vs speculative {other.tokens[i]}")
+    return True
+
+
+@pytest.fixture(scope="module")
+def grounded(bigram_model):
+    """A prompt whose continuation repeats earlier text (the bigram model's output cycles), with
+    a corrupted copy of that continuation inside the prompt so drafts are partially rejected."""
+    engine = Engine(bigram_model, drafter=None, n_ctx=2048)
+    head = bigram_model.tokenize("def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n")
+    cont = engine.generate(head, max_tokens=240).tokens
+    corrupted = cont.copy()
+    corrupted[::9] = (corrupted[::9] + 7) % bigram_model.n_vocab
+    prompt = np.concatenate([head, corrupted, head[1:]])
+    plain = engine.generate(prompt, max_tokens=200, trace=True)
+    engine.close()
+    return prompt, plain
+
+
+@pytest.mark.parametrize("drafter", ALL_DRAFTERS)
+@pytest.mark.parametrize("n_draft", [1, 5, "auto"])
+def test_greedy_speculation_is_lossless(bigram_model, grounded, drafter, n_draft):
+    prompt, plain = grounded
+    with Engine(bigram_model, drafter=drafter, n_draft=n_draft, n_ctx=2048) as engine:
+        result = engine.generate(prompt, max_tokens=200, trace=True)
+    assert_lossless(plain, result, TINY_TIE)
+    assert len(result.tokens) == len(plain.tokens)
+    st = result.stats
+    assert st.n_generated == len(result.tokens)
+    assert st.n_accepted <= st.n_drafted
+    assert sum(st.accept_hist) == st.n_steps
+    # every step emits accepted + 1 tokens, but the first token comes from the prefill
+    assert st.n_accepted + st.n_steps == st.n_generated - 1
+    if drafter in MUST_ACCEPT:
+        assert st.n_accepted > 0, f"{drafter} never had a draft accepted: the test is vacuous"
+
+
+@pytest.mark.parametrize("drafter", ["ngram-simple", "suffix", "llama:ngram-map-k"])
+def test_partial_acceptance_rolls_back_kv(bigram_model, grounded, drafter):
+    prompt, plain = grounded
+    with Engine(bigram_model, drafter=drafter, n_draft=8, n_ctx=2048) as engine:
+        result = engine.generate(prompt, max_tokens=200, trace=True)
+        hist = np.array(result.stats.accept_hist)
+        partial = hist[:-1].sum() - hist[0]           # steps with 0 < accepted < full draft
+        assert result.stats.n_accepted > 0
+        assert partial > 0 or hist[0] > 0, "no draft was ever rejected: rollback untested"
+        assert_lossless(plain, result, TINY_TIE)
+        # The KV memory holds exactly prompt + generated minus the last (undecoded) token.
+        n_kv = len(prompt) + len(result.tokens) - 1
+        assert engine.ctx.kv_pos_max(0) == n_kv - 1
+        # Decoding the last token on the engine's KV gives the logits a fresh prefill gives.
+        last = result.tokens[-1:]
+        engine.ctx.decode(last, pos=n_kv)
+        seen = engine.ctx.logits()[-1].copy()
+    everything = np.concatenate([prompt, result.tokens])
+    with spec.Context(bigram_model, n_ctx=2048) as fresh:
+        fresh.decode(everything)
+        expected = fresh.logits()[-1].copy()
+    np.testing.assert_allclose(seen, expected, atol=1e-3, rtol=1e-3)
+
+
+def test_plain_engine_equals_context_greedy_loop(tiny_model):
+    prompt = tiny_model.tokenize("The quick brown fox")
+    with spec.Context(tiny_model, n_ctx=256) as ctx:
+        expected, _, _ = ctx.generate_greedy(prompt, 40)
+    with Engine(tiny_model, drafter=None, n_ctx=256) as engine:
+        got = engine.generate(prompt, max_tokens=40).tokens
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_stream_pieces_join_to_generate_text(bigram_model, grounded):
+    prompt, plain = grounded
+    with Engine(bigram_model, drafter="suffix", n_ctx=2048) as engine:
+        pieces = list(engine.stream(prompt, max_tokens=60))
+    assert len(pieces) > 1
+    assert "".join(pieces) == bigram_model.detokenize(plain.tokens[:60])
+
+
+def test_stop_string_ends_generation(tiny_model):
+    with Engine(tiny_model, drafter=None, n_ctx=256) as engine:
+        full = engine.generate("The quick brown fox", max_tokens=30).text
+        stop = full[10:14]
+        cut = engine.generate("The quick brown fox", max_tokens=30, stop=[stop]).text
+    assert cut == full[:full.find(stop)]
+
+
+def test_sampling_is_reproducible_and_speculation_still_accepts(bigram_model, grounded):
+    prompt, _ = grounded
+    kw = dict(max_tokens=120, temperature=0.5, seed=1234)
+    with Engine(bigram_model, drafter="ngram-simple", n_draft=6, n_ctx=2048) as engine:
+        a = engine.generate(prompt, **kw)
+        b = engine.generate(prompt, **kw)
+        c = engine.generate(prompt, **{**kw, "seed": 99})
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert not np.array_equal(a.tokens, c.tokens)
+    assert a.stats.n_accepted > 0
+
+
+def test_keyboard_interrupt_leaves_engine_usable(tiny_model):
+    prompt = tiny_model.tokenize("Once upon a time")
+    with Engine(tiny_model, drafter="suffix", n_ctx=4096) as engine:
+        expected = engine.generate(prompt, max_tokens=50).tokens
+        timer = threading.Timer(0.2, _thread.interrupt_main)
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            engine.generate(prompt, max_tokens=4000)       # seconds of work: interrupted
+        timer.cancel()
+        again = engine.generate(prompt, max_tokens=50).tokens
+    np.testing.assert_array_equal(again, expected)
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(drafter="no-such-drafter"), ValueError),
+    (dict(drafter="llama:suffix"), ValueError),
+    (dict(drafter=42), TypeError),
+    (dict(n_draft=0), ValueError),
+    (dict(n_draft=-3), ValueError),
+    (dict(n_draft="fast"), ValueError),
+])
+def test_bad_engine_arguments(tiny_model_path, kwargs, error):
+    with pytest.raises(error):
+        Engine(str(tiny_model_path), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(min_p=-0.1),
+    dict(top_k=-1), dict(max_tokens=-1), dict(stop=[""]),
+])
+def test_bad_generation_arguments(tiny_model, kwargs):
+    with Engine(tiny_model, drafter=None, n_ctx=256) as engine:
+        with pytest.raises(ValueError):
+            engine.generate("hello", **kwargs)
+
+
+def test_prompt_that_does_not_fit(tiny_model):
+    with Engine(tiny_model, drafter="ngram-simple", n_ctx=64) as engine:
+        with pytest.raises(spec.ContextOverflowError, match="n_ctx=64"):
+            engine.generate(np.arange(10, 70, dtype=np.int32), max_tokens=16)
+        with pytest.raises(ValueError, match="not a token id"):
+            engine.generate(np.array([1, 2, tiny_model.n_vocab]), max_tokens=4)
+        with pytest.raises(ValueError, match="empty"):
+            engine.generate(np.array([], dtype=np.int32), max_tokens=4)
+
+
+def test_budget_is_never_overrun(bigram_model, grounded):
+    prompt, _ = grounded
+    for max_tokens in (1, 2, 3, 17):
+        with Engine(bigram_model, drafter="ngram-simple", n_draft=16, n_ctx=2048) as engine:
+            result = engine.generate(prompt, max_tokens=max_tokens)
+        assert len(result.tokens) == max_tokens
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("drafter", ["ngram-simple", "ngram-map-k", "ngram-mod", "suffix",
+                                     "llama:ngram-simple"])
+def test_lossless_on_the_default_model(default_model, drafter):
+    from spec.cli import DEMO_PROMPT
+    with Engine(default_model, drafter=None) as engine:
+        plain = engine.generate(DEMO_PROMPT, max_tokens=64, trace=True)
+    with Engine(default_model, drafter=drafter, n_draft=8) as engine:
+        result = engine.generate(DEMO_PROMPT, max_tokens=64, trace=True)
+    assert result.stats.n_accepted > 0
+    # Q4_K weights with batch-dependent activation quantization: ties within 0.15 logits.
+    assert_lossless(plain, result, 0.15)
+
+
+@pytest.fixture(scope="module")
+def default_model(default_model_path):
+    model = spec.Model(default_model_path)
+    yield model
+    model.close()
