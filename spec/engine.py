@@ -83,7 +83,9 @@ class Stats:
 
     @property
     def decode_tok_s(self) -> float:
-        return self.n_generated / self.decode_s if self.decode_s > 0 else 0.0
+        """Tokens per second after prefill. The first token comes from the prefill's logits, so
+        the decode phase produced n_generated - 1 (as llama.cpp's "eval time" counts)."""
+        return (self.n_generated - 1) / self.decode_s if self.decode_s > 0 and self.n_generated > 1 else 0.0
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -379,12 +381,22 @@ class Engine:
         pending.reverse()
         loop = self._loop(False)
         loop.reset_timers()
+        # The KV cache is unified: every active sequence shares the n_ctx cells, and a sequence
+        # never holds more than n_prompt + max_tokens of them (drafts are capped by the budget).
+        # A request starts only when its cells are free, so no decode can run out of KV slots.
+        self.ctx.kv_clear()
+        n_free_cells = self.ctx.n_ctx
         free_slots = list(range(n_parallel - 1, -1, -1))
         active = {}                         # slot -> (index, request, Sequence, start time)
         any_stop = any(req["stop"] for req in requests)
         while pending or active:
             while pending and free_slots:
-                i, req, sq = pending.pop()
+                i, req, sq = pending[-1]
+                cells = sq.n_prompt + req["max_tokens"]
+                if cells > n_free_cells:
+                    break                   # wait for running requests to free their cells
+                pending.pop()
+                n_free_cells -= cells
                 slot = free_slots.pop()
                 sq.set_seq_id(slot)
                 loop.start(sq)
@@ -399,6 +411,8 @@ class Engine:
                         sq.finish()
                 if sq.done:
                     loop.end(sq)
+                    self.ctx.kv_remove(slot)
+                    n_free_cells += sq.n_prompt + req["max_tokens"]
                     del active[slot]
                     free_slots.append(slot)
                     text = self.model.detokenize(sq.tokens)
