@@ -1,0 +1,113 @@
+"""End to end on the default model: plain vs every drafter, and spec vs llama-speculative-simple.
+
+    python -m pytest bench/test_end_to_end.py -s
+
+Greedy, 128 new tokens, 2 threads. Code prompts: HumanEval functions to rewrite with renamed
+parameters (input-grounded). Chat prompts: first turns of ShareGPT conversations. Speedup =
+median over prompts of (drafter tok/s) / (plain tok/s), both measured back to back per prompt.
+Goals: best drafter >= 2.0x on code; every drafter with n_draft="auto" >= 0.95x on chat;
+spec / llama-speculative-simple >= 0.98 for every shared method.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+
+import pytest
+
+import spec
+from _llama_tools import speculative_simple
+from _workloads import chat_prompts, code_prompts
+from conftest import THREADS, save
+
+N_GEN = 128
+N_PROMPTS = int(os.environ.get("SPEC_BENCH_PROMPTS", 8))
+N_CTX = 2048
+AUTO_DRAFTERS = ["ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache",
+                 "suffix", "llama:ngram-simple", "llama:ngram-map-k", "llama:ngram-mod"]
+# Shared methods, same parameters on both sides: (our name, llama --spec-type, params, CLI flags)
+SHARED = [
+    ("ngram-simple", {"size_n": 3, "size_m": 16},
+     ["--spec-ngram-simple-size-n", "3", "--spec-ngram-simple-size-m", "16"]),
+    ("ngram-map-k", {"size_n": 3, "size_m": 16},
+     ["--spec-ngram-map-k-size-n", "3", "--spec-ngram-map-k-size-m", "16"]),
+    ("ngram-map-k4v", {"size_n": 3, "size_m": 16},
+     ["--spec-ngram-map-k4v-size-n", "3", "--spec-ngram-map-k4v-size-m", "16"]),
+    ("ngram-mod", {"n_match": 8, "n_max": 16, "n_min": 2},
+     ["--spec-ngram-mod-n-match", "8", "--spec-ngram-mod-n-max", "16", "--spec-ngram-mod-n-min", "2"]),
+]
+N_DRAFT_SHARED = 16
+
+
+def _tok_s(result: spec.Result) -> float:
+    return result.stats.decode_tok_s
+
+
+@pytest.fixture(scope="module")
+def model(default_model_path):
+    m = spec.Model(default_model_path)
+    yield m
+    m.close()
+
+
+def _speedups(model, prompts, configs):
+    """{config: [per-prompt speedup]}, plain measured right before each config on each prompt."""
+    engines = {name: spec.Engine(model, drafter=d, n_draft=nd, n_ctx=N_CTX, n_threads=THREADS,
+                                 drafter_params=p)
+               for name, (d, nd, p) in configs.items()}
+    plain = spec.Engine(model, drafter=None, n_ctx=N_CTX, n_threads=THREADS)
+    plain.generate(prompts[0], max_tokens=8)                 # warm-up
+    ratios = {name: [] for name in configs}
+    accept = {name: [] for name in configs}
+    for prompt in prompts:
+        for name, engine in engines.items():
+            base = plain.generate(prompt, max_tokens=N_GEN)
+            result = engine.generate(prompt, max_tokens=N_GEN)
+            assert result.stats.n_generated > 0
+            ratios[name].append(_tok_s(result) / _tok_s(base))
+            accept[name].append(result.stats.mean_accept_len)
+    return ({name: statistics.median(r) for name, r in ratios.items()},
+            {name: statistics.median(a) for name, a in accept.items()})
+
+
+def test_drafters_code_and_chat(model):
+    configs = {f"{d} auto": (d, "auto", None) for d in AUTO_DRAFTERS}
+    configs.update({f"{d} n=8": (d, 8, None) for d in ("ngram-simple", "ngram-mod", "suffix")})
+    code, code_acc = _speedups(model, code_prompts(N_PROMPTS), configs)
+    chat, chat_acc = _speedups(model, chat_prompts(N_PROMPTS), configs)
+    save("end_to_end", {
+        "command": "python -m pytest bench/test_end_to_end.py -s -k code_and_chat",
+        "n_gen": N_GEN, "n_prompts": N_PROMPTS,
+        "code_speedup": code, "code_mean_accept_len": code_acc,
+        "chat_speedup": chat, "chat_mean_accept_len": chat_acc,
+    })
+
+
+def test_side_by_side_with_llama_speculative_simple(model, default_model_path):
+    prompts = code_prompts(N_PROMPTS)
+    rows = {}
+    for name, params, flags in SHARED:
+        engine = spec.Engine(model, drafter=name, n_draft=N_DRAFT_SHARED, n_ctx=N_CTX,
+                             n_threads=THREADS, drafter_params=params)
+        engine.generate(prompts[0], max_tokens=8)
+        ratios, ours_acc, theirs_acc = [], [], []
+        for prompt in prompts:
+            with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+                f.write(prompt)
+            theirs = speculative_simple(default_model_path, f.name, N_GEN, THREADS, name,
+                                        N_DRAFT_SHARED, flags, n_ctx=N_CTX)
+            ours = engine.generate(prompt, max_tokens=N_GEN)
+            os.unlink(f.name)
+            ratios.append(_tok_s(ours) / theirs["tok_s"])
+            ours_acc.append(ours.stats.n_accepted / max(ours.stats.n_drafted, 1))
+            theirs_acc.append(theirs["n_accepted"] / max(theirs["n_drafted"], 1))
+        engine.close()
+        rows[name] = {"ratio_ours_over_theirs": statistics.median(ratios),
+                      "accept_rate_ours": statistics.median(ours_acc),
+                      "accept_rate_theirs": statistics.median(theirs_acc)}
+    save("side_by_side", {
+        "command": "python -m pytest bench/test_end_to_end.py -s -k side_by_side",
+        "n_gen": N_GEN, "n_prompts": N_PROMPTS, "n_draft": N_DRAFT_SHARED, "methods": rows,
+    })
+    assert all(r["accept_rate_ours"] > 0 for r in rows.values())
