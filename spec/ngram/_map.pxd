@@ -47,7 +47,7 @@ cdef class NgramMap(Drafter):
     cdef readonly bint key_only       # True: ngram-map-k (values[0] only); False: ngram-map-k4v
     cdef vector[SeqMap] maps          # one per sequence id
 
-    cdef int _init_params(self, int size_n, int size_m, int min_hits, bint key_only) except -1
+    cdef int _init_params(self, object size_n, object size_m, object min_hits, bint key_only) except -1
 
 
 cdef class NgramMapK(NgramMap):

@@ -15,8 +15,23 @@ from libc.stdint cimport UINT32_MAX, int16_t, uint16_t, uint32_t
 from libc.string cimport memcmp, memcpy
 from libcpp.vector cimport vector
 
+import operator
+
 from spec._typedefs cimport token_t
 from spec.ngram._base cimport Drafter
+
+
+def _int_param(str name, value, long lo, long hi):
+    """``value`` as an int in [lo, hi]: TypeError for non-integers (bools and floats included)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
+    return v
 
 
 cdef inline uint32_t ngram_hash(const token_t* tokens, Py_ssize_t n) noexcept nogil:
@@ -244,19 +259,17 @@ cdef class NgramMap(Drafter):
     def __init__(self, *args, **kwargs):
         raise TypeError("NgramMap is abstract: use NgramMapK or NgramMapK4V")
 
-    cdef int _init_params(self, int size_n, int size_m, int min_hits, bint key_only) except -1:
+    cdef int _init_params(self, object size_n, object size_m, object min_hits,
+                          bint key_only) except -1:
         # Upstream: uint16_t sizes and hit count; n_accepted is an int16_t that starts at size_m.
-        if not 1 <= size_n <= 0xFFFF:
-            raise ValueError(f"size_n must be in [1, 65535], got {size_n}")
-        if not 1 <= size_m <= 0x7FFF:
-            raise ValueError(f"size_m must be in [1, 32767], got {size_m}")
-        if not 1 <= min_hits <= 0xFFFF:
-            raise ValueError(f"min_hits must be in [1, 65535], got {min_hits}")
+        n = _int_param("size_n", size_n, 1, 0xFFFF)
+        m = _int_param("size_m", size_m, 1, 0x7FFF)
+        h = _int_param("min_hits", min_hits, 1, 0xFFFF)
         if self.n_seq:
             raise RuntimeError("parameters cannot change once sequences have state")
-        self.size_n = size_n
-        self.size_m = size_m
-        self.min_hits = min_hits
+        self.size_n = n
+        self.size_m = m
+        self.min_hits = h
         self.key_only = key_only
         return 0
 
@@ -359,7 +372,7 @@ cdef class NgramMapK(NgramMap):
     sequence id (a 1 MiB position table each).
     """
 
-    def __init__(self, int size_n=12, int size_m=48, int min_hits=1):
+    def __init__(self, size_n=12, size_m=48, min_hits=1):
         self._init_params(size_n, size_m, min_hits, True)
 
 
@@ -382,5 +395,5 @@ cdef class NgramMapK4V(NgramMap):
     recent occurrence of the key, as upstream.
     """
 
-    def __init__(self, int size_n=12, int size_m=48, int min_hits=1):
+    def __init__(self, size_n=12, size_m=48, min_hits=1):
         self._init_params(size_n, size_m, min_hits, False)

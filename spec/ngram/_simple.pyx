@@ -7,8 +7,23 @@ per call.
 cimport cython
 from libc.string cimport memcmp, memcpy
 
+import operator
+
 from spec._typedefs cimport token_t
 from spec.ngram._base cimport Drafter
+
+
+def _int_param(str name, value, long lo, long hi):
+    """``value`` as an int in [lo, hi]: TypeError for non-integers (bools and floats included)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
+    return v
 
 
 cdef Py_ssize_t ngram_simple_draft(const token_t* tokens, Py_ssize_t cur_len, token_t sampled,
@@ -66,14 +81,10 @@ cdef class NgramSimple(Drafter):
     cdef readonly int size_n
     cdef readonly int size_m
 
-    def __init__(self, int size_n=12, int size_m=48):
+    def __init__(self, size_n=12, size_m=48):
         # Upstream stores both as uint16_t.
-        if not 1 <= size_n <= 0xFFFF:
-            raise ValueError(f"size_n must be in [1, 65535], got {size_n}")
-        if not 1 <= size_m <= 0xFFFF:
-            raise ValueError(f"size_m must be in [1, 65535], got {size_m}")
-        self.size_n = size_n
-        self.size_m = size_m
+        self.size_n = _int_param("size_n", size_n, 1, 0xFFFF)
+        self.size_m = _int_param("size_m", size_m, 1, 0xFFFF)
 
     cdef Py_ssize_t _draft(self, int seq, const token_t* history, Py_ssize_t n_history,
                            token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil:
