@@ -1,4 +1,4 @@
-"""Command line: ``python -m spec {info,generate,demo}``."""
+"""Command line: ``python -m spec {info,generate,demo,batch}``."""
 from __future__ import annotations
 
 import argparse
@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--drafter", default="suffix")
     demo.add_argument("--max-tokens", type=int, default=128)
     demo.add_argument("--json", action="store_true")
+
+    from spec.batch import add_arguments as add_batch_arguments
+    add_batch_arguments(sub.add_parser("batch", help="resumable batch generation: JSONL prompts "
+                                                     "in, one JSON line per finished request out"))
     return parser
 
 
@@ -176,7 +180,9 @@ def main(argv=None) -> int:
     _configure_logging(getattr(args, "verbose", False))
     from spec._errors import SpecError
     try:
-        return {"info": cmd_info, "generate": cmd_generate, "demo": cmd_demo}[args.command](args)
+        from spec.batch import cmd_batch
+        return {"info": cmd_info, "generate": cmd_generate, "demo": cmd_demo,
+                "batch": cmd_batch}[args.command](args)
     except (SpecError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
