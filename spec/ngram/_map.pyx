@@ -48,6 +48,65 @@ cdef inline bint key_at(const token_t* inp, Py_ssize_t j, const token_t* key, Py
     return inp[j + n - 1] == key[n - 1] and memcmp(inp + j, key, <size_t> (n - 1) * sizeof(token_t)) == 0
 
 
+cdef enum:
+    SCAN_BLOCK = 32     # start positions screened per branch-free (vectorizable) block
+
+
+cdef Py_ssize_t scan_down(const token_t* inp, Py_ssize_t hi, Py_ssize_t lo, const token_t* key,
+                          Py_ssize_t n) noexcept nogil:
+    """The largest j with lo < j <= hi and inp[j..j+n) == key[0..n), or 0 if none (lo >= 0).
+
+    Blocks of start positions are screened without branches on the key's last two tokens (a loop
+    the compiler vectorizes); only blocks with a candidate are checked position by position.
+    """
+    cdef token_t last = key[n - 1]
+    cdef token_t prev = key[n - 2] if n >= 2 else last
+    cdef const token_t* a = inp + n - 1                 # a[j] = last token of the n-gram at j
+    cdef const token_t* b = inp + n - 2 if n >= 2 else a
+    cdef Py_ssize_t j = hi, start, k
+    cdef int hit
+    while j - SCAN_BLOCK >= lo:                         # block [j - SCAN_BLOCK + 1, j], all > lo
+        start = j - SCAN_BLOCK + 1
+        hit = 0
+        for k in range(SCAN_BLOCK):
+            hit |= (a[start + k] == last) & (b[start + k] == prev)
+        if hit:
+            for k in range(SCAN_BLOCK - 1, -1, -1):
+                if key_at(inp, start + k, key, n):
+                    return start + k
+        j = start - 1
+    while j > lo:
+        if key_at(inp, j, key, n):
+            return j
+        j -= 1
+    return 0
+
+
+cdef Py_ssize_t scan_up(const token_t* inp, Py_ssize_t lo, Py_ssize_t hi, const token_t* key,
+                        Py_ssize_t n) noexcept nogil:
+    """The smallest i with lo <= i <= hi and inp[i..i+n) == key[0..n), or -1 if none."""
+    cdef token_t last = key[n - 1]
+    cdef token_t prev = key[n - 2] if n >= 2 else last
+    cdef const token_t* a = inp + n - 1
+    cdef const token_t* b = inp + n - 2 if n >= 2 else a
+    cdef Py_ssize_t i = lo, k
+    cdef int hit
+    while i + SCAN_BLOCK - 1 <= hi:                     # block [i, i + SCAN_BLOCK - 1]
+        hit = 0
+        for k in range(SCAN_BLOCK):
+            hit |= (a[i + k] == last) & (b[i + k] == prev)
+        if hit:
+            for k in range(SCAN_BLOCK):
+                if key_at(inp, i + k, key, n):
+                    return i + k
+        i += SCAN_BLOCK
+    while i <= hi:
+        if key_at(inp, i, key, n):
+            return i
+        i += 1
+    return -1
+
+
 cdef inline uint16_t saturating_inc(uint16_t x) noexcept nogil:
     return x + 1 if x < NGRAM_MAX_VALUE_COUNT else NGRAM_MAX_VALUE_COUNT
 
@@ -142,20 +201,11 @@ cdef Py_ssize_t map_draft(SeqMap* mp, const token_t* inp, Py_ssize_t cur_len, to
         match_pos = idx_key
     # 2. Prompt positions not hashed yet, most recent first.
     if match_pos == 0 and mp.size_last_begin > n + m + 1:
-        j = mp.size_last_begin - n - m - 1
-        while j > mp.key_map_last_idx:
-            if key_at(inp, j, key, n):
-                match_pos = j
-                break
-            j -= 1
+        match_pos = scan_down(inp, mp.size_last_begin - n - m - 1, mp.key_map_last_idx, key, n)
     # 3. Generated positions not hashed yet, most recent first.
     if match_pos == 0:
-        j = lim
-        while j > mp.size_last_begin and j > mp.key_map_last_idx:
-            if key_at(inp, j, key, n):
-                match_pos = j
-                break
-            j -= 1
+        match_pos = scan_down(inp, lim, max(mp.size_last_begin, <Py_ssize_t> mp.key_map_last_idx),
+                              key, n)
 
     # Hash the new positions in the same order; a slot keeps its first writer.
     if mp.size_last_begin > n + m + 1:
@@ -205,9 +255,8 @@ cdef Py_ssize_t map_draft(SeqMap* mp, const token_t* inp, Py_ssize_t cur_len, to
         # (the start position is counted again), then draft only if one m-gram dominates.
         if curr.key_num < min_hits:
             return 0
-        for i in range(curr.stat_idx, match_pos + 1):
-            if not key_at(inp, i, key, n):
-                continue
+        i = scan_up(inp, curr.stat_idx, match_pos, key, n)
+        while i >= 0:
             vb = i + n
             idx_value = -1
             for v in range(NGRAM_MAX_VALUES):
@@ -223,6 +272,7 @@ cdef Py_ssize_t map_draft(SeqMap* mp, const token_t* inp, Py_ssize_t cur_len, to
                     break
             if idx_value >= 0:
                 curr.values[idx_value].value_num = saturating_inc(curr.values[idx_value].value_num)
+            i = scan_up(inp, i + 1, match_pos, key, n)
         curr.stat_idx = match_pos
 
         max_occur = 0

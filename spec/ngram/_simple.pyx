@@ -26,6 +26,41 @@ def _int_param(str name, value, long lo, long hi):
     return v
 
 
+cdef enum:
+    SCAN_BLOCK = 32     # positions tested per branch-free (vectorizable) block of the scan
+
+
+cdef Py_ssize_t find_last(const token_t* tokens, Py_ssize_t j_hi, const token_t* head,
+                          token_t last, Py_ssize_t n) noexcept nogil:
+    """The largest j in [1, j_hi] with tokens[j..j+n) == head[0..n-1) + [last], or 0 if none.
+
+    Blocks of SCAN_BLOCK start positions are first screened without branches on the pattern's
+    last two tokens (one for n == 1), a loop the compiler turns into SIMD compares; only blocks
+    with a candidate are checked one position at a time, most recent first.
+    """
+    cdef token_t prev = head[n - 2] if n >= 2 else last
+    cdef const token_t* a = tokens + n - 1             # a[j] = last token of the n-gram at j
+    cdef const token_t* b = tokens + n - 2 if n >= 2 else a
+    cdef size_t head_bytes = <size_t> (n - 1) * sizeof(token_t)
+    cdef Py_ssize_t j = j_hi, lo, k
+    cdef int hit
+    while j >= SCAN_BLOCK:                              # block [j - SCAN_BLOCK + 1, j], all >= 1
+        lo = j - SCAN_BLOCK + 1
+        hit = 0
+        for k in range(SCAN_BLOCK):
+            hit |= (a[lo + k] == last) & (b[lo + k] == prev)
+        if hit:
+            for k in range(SCAN_BLOCK - 1, -1, -1):
+                if a[lo + k] == last and memcmp(tokens + lo + k, head, head_bytes) == 0:
+                    return lo + k
+        j = lo - 1
+    while j > 0:
+        if a[j] == last and memcmp(tokens + j, head, head_bytes) == 0:
+            return j
+        j -= 1
+    return 0
+
+
 cdef Py_ssize_t ngram_simple_draft(const token_t* tokens, Py_ssize_t cur_len, token_t sampled,
                                    Py_ssize_t n, Py_ssize_t m, Py_ssize_t n_max,
                                    token_t* out) noexcept nogil:
@@ -34,20 +69,11 @@ cdef Py_ssize_t ngram_simple_draft(const token_t* tokens, Py_ssize_t cur_len, to
     The pattern is the last n-1 history tokens plus ``sampled``; start positions are scanned from
     cur_len-n-1 down to 1 (position 0 is never a match upstream) and the first hit wins.
     """
-    cdef Py_ssize_t j, match_pos = 0, copy_max
-    cdef const token_t* tail
-    cdef size_t head_bytes = <size_t> (n - 1) * sizeof(token_t)
+    cdef Py_ssize_t match_pos, copy_max
     # Needs n + m + 1 tokens before anything can be drafted.
     if cur_len <= n + m + 1:
         return 0
-    tail = tokens + cur_len - n + 1          # the n-1 history tokens of the pattern
-    j = cur_len - n - 1
-    while j > 0:
-        # The pattern's last token is `sampled`: test it first, then the n-1 others in one memcmp.
-        if tokens[j + n - 1] == sampled and memcmp(tokens + j, tail, head_bytes) == 0:
-            match_pos = j
-            break
-        j -= 1
+    match_pos = find_last(tokens, cur_len - n - 1, tokens + cur_len - n + 1, sampled, n)
     if match_pos == 0:
         return 0
     copy_max = cur_len - (match_pos + n)
