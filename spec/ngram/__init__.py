@@ -4,10 +4,7 @@ from spec.ngram._cache import NgramCache
 from spec.ngram._map import NgramMapK, NgramMapK4V
 from spec.ngram._mod import NgramMod
 from spec.ngram._simple import NgramSimple
-try:
-    from spec.ngram._suffix import SuffixTree
-except ImportError:  # TEMP while building
-    SuffixTree = None
+from spec.ngram._suffix import SuffixTree
 
 __all__ = ["Drafter", "NgramCache", "NgramMapK", "NgramMapK4V", "NgramMod", "NgramSimple",
            "SuffixTree"]
