@@ -236,6 +236,12 @@ class Engine:
                         temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                         min_p=float(min_p), seed=int(seed) & 0xFFFFFFFFFFFFFFFF, trace=trace)
 
+    def _text(self, tokens) -> str:
+        """Generated tokens as text, exactly as :meth:`generate` joins their pieces (detokenize
+        would drop the leading space of a continuation on SentencePiece vocabularies)."""
+        return b"".join(self.model.token_to_piece(int(t)) for t in tokens).decode("utf-8",
+                                                                                  "replace")
+
     def _stats(self, sq: Sequence, loop: Loop, decode_s: float) -> Stats:
         raw = sq.stats()
         timers = loop.timers
@@ -406,7 +412,7 @@ class Engine:
             for slot, (i, req, sq, t0) in list(active.items()):
                 text = None
                 if req["stop"] and not sq.done:
-                    text = self.model.detokenize(sq.tokens)
+                    text = self._text(sq.tokens)
                     if any(s in text for s in req["stop"]):
                         sq.finish()
                 if sq.done:
@@ -415,7 +421,7 @@ class Engine:
                     n_free_cells += sq.n_prompt + req["max_tokens"]
                     del active[slot]
                     free_slots.append(slot)
-                    text = self.model.detokenize(sq.tokens)
+                    text = self._text(sq.tokens)
                     cuts = [text.find(s) for s in req["stop"] if s in text]
                     if cuts:
                         text = text[:min(cuts)]
