@@ -54,7 +54,8 @@ cdef float top2_margin(const float* logits, int n_vocab, token_t* top) noexcept 
 
 # Fill ws with the target distribution p of one row (see above); returns the argmax id.
 # A row whose maximum is not finite (+inf, or nothing above -inf) falls back to one-hot at the
-# argmax; NaN entries get weight 0. Weights use a vectorized exp accurate to ~1e-7 relative.
+# argmax; NaN entries get weight 0. Weights use a vectorized exp accurate to ~1e-7 relative that
+# flushes weights below e^-87 (p < 1.7e-38) to 0.
 # Returns -1 (and leaves ws unusable) if ws.n_vocab < n_vocab.
 cdef token_t target_weights(const float* logits, int n_vocab, const SamplerParams* params,
                             Workspace* ws) noexcept nogil
