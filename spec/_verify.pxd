@@ -1,7 +1,7 @@
 # Sampling and draft verification kernels. See _verify.pyx for details.
 #
-# Everything here runs without the GIL, allocates nothing per call and touches no Python object;
-# the engine cimports it. Callers pass valid arguments (the Python wrappers in _verify.pyx check
+# The kernels run without the GIL, allocate nothing per call and touch no Python object; the
+# engine cimports them (workspace_init allocates once, up front). Callers pass valid arguments (the Python wrappers in _verify.pyx check
 # them): n_vocab >= 1, token ids in [0, n_vocab), rows of n_vocab floats.
 #
 # Target distribution p of one row of logits l (llama.cpp's sampler chain order):
@@ -9,6 +9,7 @@
 #   survivors, in descending order, whose mass reaches top_p) -> min-p (keep l >= l_max + log(min_p))
 #   -> temperature: p = softmax(l / temperature) over the survivors, 0 elsewhere.
 # temperature <= 0 means greedy: p is one-hot at the argmax (lowest id on ties).
+cimport cython
 from libc.stdint cimport uint64_t
 
 from spec._typedefs cimport token_t
@@ -53,6 +54,7 @@ cdef token_t argmax(const float* logits, int n_vocab) noexcept nogil
 cdef float top2_margin(const float* logits, int n_vocab, token_t* top) noexcept nogil
 
 # Fill ws with the target distribution p of one row (see above); returns the argmax id.
+# Afterwards p(i) = ws.w[i] / ws.z; with ws.n_kept >= 0 only ids in ws.kept[0:n_kept] are nonzero.
 # A row whose maximum is not finite (+inf, or nothing above -inf) falls back to one-hot at the
 # argmax; NaN entries get weight 0. Weights use a vectorized exp accurate to ~1e-7 relative that
 # flushes weights below e^-87 (p < 1.7e-38) to 0.
@@ -82,10 +84,23 @@ cdef int verify_greedy(const float* logits, Py_ssize_t row_stride, int n_vocab,
 #     distribution q_i that draft[i] was sampled from: accept with probability min(1, p/q); on
 #     rejection sample from normalize(max(0, p - q)).
 #   Every draft accepted: the bonus token is sampled from p of row n_draft.
-# One uniform per tested draft plus one for the emitted token. temperature <= 0: verify_greedy
+# One uniform per tested draft, plus (at most) one for the emitted token. temperature <= 0: verify_greedy
 # (rng and ws untouched). Draft ids outside [0, n_vocab) are rejected (p = 0).
 # Returns -1 (out untouched) if ws.n_vocab < n_vocab.
 cdef int verify_stochastic(const float* logits, Py_ssize_t row_stride, int n_vocab,
                            const token_t* draft, const float* draft_probs, int n_draft,
                            const SamplerParams* params, Rng* rng, Workspace* ws,
                            token_t* out) noexcept nogil
+
+
+# A seeded Rng + Workspace + SamplerParams owned by one Python object: the engine may accept one
+# from its caller (rng=...) and pass &sampler.rng, &sampler.ws, &sampler.params to the kernels
+# after sampler.reserve(n_vocab).
+@cython.final
+cdef class Sampler:
+    cdef Rng rng                   # the random stream, seeded from seed
+    cdef Workspace ws              # grown on demand by reserve
+    cdef SamplerParams params      # the settings given to __init__ (checked)
+    cdef readonly object seed      # the int the stream was last seeded with
+
+    cdef int reserve(self, int n_vocab) except -1   # GIL held; MemoryError on failure

@@ -14,13 +14,15 @@ Target distribution (llama.cpp's sampler chain order): top-k -> top-p -> min-p -
 * min-p keeps logits >= l_max + log(min_p), i.e. softmax probability >= min_p * p_max;
 * p = softmax(logits / temperature) over what is left, 0 elsewhere.
 
-Filters cost O(V): top-k is an nth_element; top-p a partial sort of the best 256, then (flat
-distributions only) a mass-weighted quickselect. Both work on packed 64-bit keys (logit, id), so
-comparisons are plain integer ones and ties break by id deterministically.
+Filters cost O(V): top-k is one pass with a bounded heap; top-p sorts the best 256 and only for
+flat distributions goes on with a mass-weighted quickselect. Both work on packed 64-bit keys
+(logit, id), so comparisons are plain integer ones and ties break by id deterministically.
+Without filters a row costs a vectorized max and exp pass; sampling walks 256-id block sums.
 """
 import os
 
 import numpy as np
+cimport cython
 cimport numpy as cnp
 from libc.float cimport FLT_MAX
 from libc.math cimport INFINITY, logf
@@ -658,17 +660,15 @@ cdef object _entropy_seed():
     return int.from_bytes(os.urandom(8), "little")
 
 
+@cython.final
 cdef class Sampler:
     """A seeded random stream plus sampling settings: ``sample(logits_row)`` draws one token.
 
     ``seed`` is an int in [0, 2**64) (None: from the OS). The settings are those of
     ``target_probs``. Pass a Sampler as ``rng=`` to ``verify_stochastic_np`` to make its output
-    reproducible; the verifier then draws from this Sampler's stream.
+    reproducible; the verifier then draws from this Sampler's stream. The engine can take one
+    too and use its ``rng``, ``ws`` and ``params`` fields directly (see _verify.pxd).
     """
-    cdef Rng rng
-    cdef Workspace ws
-    cdef SamplerParams params
-    cdef readonly object seed
 
     def __cinit__(self):
         memset(&self.ws, 0, sizeof(Workspace))
