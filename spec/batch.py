@@ -24,8 +24,11 @@ import json
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +37,9 @@ REQUEST_KEYS = ("id", "prompt", "max_tokens", "temperature", "top_k", "top_p", "
                 "stop")
 #: Per-request speculation counters copied from :class:`spec.engine.Stats` into each output line.
 STAT_KEYS = ("n_steps", "n_drafted", "n_accepted", "accept_rate", "mean_accept_len")
+
+#: Most sequences one llama.cpp context decodes together (LLAMA_MAX_SEQ).
+MAX_PARALLEL = 256
 
 _SEED_MIN, _SEED_MAX = -(1 << 63), (1 << 64) - 1
 _INT32_MAX = (1 << 31) - 1
@@ -370,6 +376,43 @@ class Totals:
         self.n_accepted += stats.n_accepted
 
 
+class _Interrupts:
+    """Ctrl-C raises KeyboardInterrupt as usual, except inside :meth:`critical`, where it waits
+    for the block to end: a finished request's line and its count in the summary go together.
+    (Only when SIGINT has Python's default handler and this is the main thread.)"""
+
+    def __init__(self):
+        self.depth, self.pending, self.old = 0, False, None
+
+    def __enter__(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+            self.old = None
+
+    def _handler(self, signum, frame):
+        if self.depth:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def critical(self):
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if self.pending and not self.depth:
+                self.pending = False
+                raise KeyboardInterrupt
+
+
 _REQUEST_ERROR = re.compile(r"^request (\d+): (.*)$", re.S)
 
 
@@ -386,8 +429,10 @@ def run_batch(input_path, output_path, *, model="default", drafter="none", n_par
     """
     log = sys.stderr if log is None else log
     input_path, output_path = Path(input_path), Path(output_path)
-    if isinstance(n_parallel, bool) or not isinstance(n_parallel, int) or n_parallel <= 0:
-        raise ValueError(f"n_parallel must be an integer > 0, got {n_parallel!r}")
+    if (isinstance(n_parallel, bool) or not isinstance(n_parallel, int)
+            or not 0 < n_parallel <= MAX_PARALLEL):
+        raise ValueError(f"--n-parallel must be an integer in [1, {MAX_PARALLEL}], "
+                         f"got {n_parallel!r}")
     defaults = check_params(dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                                  top_p=top_p, min_p=min_p, seed=seed, stop=list(stop or ())),
                             prefix="--")
@@ -490,32 +535,10 @@ def _generate(engine, out, pending, invalid, n_parallel, progress, log, finish):
         progress = bool(getattr(log, "isatty", lambda: False)())
     bar = Progress(len(pending), log, progress)
     batch = list(pending)
+    interrupts = _Interrupts()
     try:
-        while batch:
-            started = False
-            try:
-                bar.update(0, 0, 0, 0, force=True)
-                for i, result in engine.iter_batch([r.params for r in batch],
-                                                   n_parallel=n_parallel):
-                    started = True
-                    r, st = batch[i], result.stats
-                    record = {"id": r.id, "text": result.text, "n_prompt": st.n_prompt,
-                              "n_generated": st.n_generated}
-                    record.update((k, getattr(st, k)) for k in STAT_KEYS)
-                    out.write(record)
-                    totals.add(st)
-                    bar.update(totals.done, totals.generated_tokens, totals.n_drafted,
-                               totals.n_accepted)
-                break
-            except ValueError as e:
-                # iter_batch validates every request before generating anything; a request it
-                # rejects (a case the checks above did not foresee) becomes an invalid line.
-                m = _REQUEST_ERROR.match(str(e))
-                if started or m is None or int(m.group(1)) >= len(batch):
-                    raise
-                r = batch.pop(int(m.group(1)))
-                invalid.append(Invalid(r.line, m.group(2), r.id))
-                bar.total = len(batch)
+        with interrupts:
+            _generate_loop(engine, out, batch, invalid, n_parallel, totals, bar, interrupts)
     except KeyboardInterrupt:
         bar.close()
         return finish(130, totals, t_gen, len(batch) - totals.done, "interrupted")
@@ -524,6 +547,35 @@ def _generate(engine, out, pending, invalid, n_parallel, progress, log, finish):
         return finish(1, totals, t_gen, len(batch) - totals.done, f"{type(e).__name__}: {e}")
     bar.close()
     return finish(0, totals, t_gen, 0)
+
+
+def _generate_loop(engine, out, batch, invalid, n_parallel, totals, bar, interrupts):
+    """The generation proper; ``batch`` loses requests that iter_batch rejects."""
+    while batch:
+        started = False
+        try:
+            bar.update(0, 0, 0, 0, force=True)
+            for i, result in engine.iter_batch([r.params for r in batch], n_parallel=n_parallel):
+                started = True
+                r, st = batch[i], result.stats
+                record = {"id": r.id, "text": result.text, "n_prompt": st.n_prompt,
+                          "n_generated": st.n_generated}
+                record.update((k, getattr(st, k)) for k in STAT_KEYS)
+                with interrupts.critical():
+                    out.write(record)
+                    totals.add(st)
+                bar.update(totals.done, totals.generated_tokens, totals.n_drafted,
+                           totals.n_accepted)
+            return
+        except ValueError as e:
+            # iter_batch validates every request before generating anything; a request it
+            # rejects (a case the checks above did not foresee) becomes an invalid line.
+            m = _REQUEST_ERROR.match(str(e))
+            if started or m is None or int(m.group(1)) >= len(batch):
+                raise
+            r = batch.pop(int(m.group(1)))
+            invalid.append(Invalid(r.line, m.group(2), r.id))
+            bar.total = len(batch)
 
 
 def format_summary(s: dict) -> str:
@@ -553,13 +605,14 @@ def format_summary(s: dict) -> str:
 # -- command line -----------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
+def _n_parallel(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        value = None
+    if value is None or not 0 < value <= MAX_PARALLEL:
+        raise argparse.ArgumentTypeError(f"expected an integer in [1, {MAX_PARALLEL}], "
+                                         f"got {text!r}")
     return value
 
 
@@ -572,8 +625,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "max_tokens, temperature, top_k, top_p, min_p, seed, stop")
     p.add_argument("--output", required=True, type=Path,
                    help="JSONL results, appended as requests finish; an existing file is resumed")
-    p.add_argument("--n-parallel", type=_positive_int, default=8,
-                   help="sequences decoded together in one batch (default 8)")
+    p.add_argument("--n-parallel", type=_n_parallel, default=8,
+                   help=f"sequences decoded together in one batch (default 8, at most "
+                        f"{MAX_PARALLEL})")
     _add_generation_options(p)
     p.add_argument("--strict", action="store_true",
                    help="exit with code 2 before generating if any input line is invalid")

@@ -209,6 +209,26 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(bigram_model_path, tmp
     assert all(r["n_generated"] == max_tokens for r in got.values())
 
 
+def test_ctrl_c_keeps_finished_lines_and_reports(bigram_model_path, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    inp = write_jsonl(tmp_path / "in.jsonl",
+                      [{"id": f"r{i}", "prompt": p} for i, p in enumerate(PROMPTS)])
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen(cli_command(bigram_model_path, inp, out, 300), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while complete_lines(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    summary = json.loads(stdout)
+    assert summary["error"] == "interrupted" and "re-run to resume" in stderr
+    records = read_records(out)         # complete lines only
+    assert summary["done"] == len(records) >= 1
+    assert summary["remaining"] == len(PROMPTS) - len(records) > 0
+
+
 def test_partial_and_corrupt_output_lines_are_dropped_and_regenerated(bigram_model_path,
                                                                       prompts_file, tmp_path):
     full = tmp_path / "full.jsonl"
@@ -349,9 +369,10 @@ def test_bad_arguments_and_files(tiny_model_path, tmp_path, capsys):
     code, _, err = batch_cli(capsys, tiny_model_path, inp, tmp_path / "o.jsonl",
                              "--temperature", "-1")
     assert code == 2 and "--temperature" in err
-    with pytest.raises(SystemExit):
-        spec.cli.main(["batch", "--input", str(inp), "--output", "o", "--n-parallel", "0"])
-    capsys.readouterr()
+    for bad in ("0", "257", "two"):
+        with pytest.raises(SystemExit):
+            spec.cli.main(["batch", "--input", str(inp), "--output", "o", "--n-parallel", bad])
+        assert "--n-parallel" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
 
 
@@ -368,3 +389,16 @@ def test_progress_bar_only_when_asked(tiny_model_path, tmp_path):
     text = log.getvalue()
     assert "\r[" in text and "4/4 requests" in text and "tok/s" in text
     assert text.endswith("\r")        # the bar is cleared before the summary is printed
+
+
+def test_a_second_job_on_the_same_output_is_refused(tiny_model_path, tmp_path, capsys):
+    import fcntl
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "prompt": "x"}])
+    out = tmp_path / "out.jsonl"
+    with open(out, "ab") as held:             # as a running job holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _, err = batch_cli(capsys, tiny_model_path, inp, out)
+        assert code == 2 and "another batch job" in err
+        assert out.read_bytes() == b""
+    code, summary, _ = batch_cli(capsys, tiny_model_path, inp, out)   # lock released: runs
+    assert code == 0 and summary["done"] == 1
