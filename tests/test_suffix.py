@@ -426,11 +426,27 @@ def test_draft_tree_branches():
     {"max_spec_factor": -0.5}, {"max_spec_factor": float("nan")}, {"max_spec_factor": float("inf")},
     {"max_spec_offset": float("nan")}, {"max_spec_offset": float("-inf")},
     {"min_token_prob": -0.1}, {"min_token_prob": 1.5}, {"min_token_prob": float("nan")},
-    {"max_cached_requests": -2},
+    {"max_cached_requests": -2}, {"max_cached_requests": 2**40}, {"max_depth": 10**30},
 ])
 def test_bad_constructor_arguments(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         SuffixTree(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"max_depth": 2.5}, {"max_depth": True}, {"max_depth": "8"}, {"max_spec_factor": "1"},
+    {"max_spec_offset": None}, {"min_token_prob": False}, {"max_cached_requests": 1.0},
+])
+def test_wrong_constructor_types(kwargs):
+    with pytest.raises(TypeError, match=next(iter(kwargs))):
+        SuffixTree(**kwargs)
+
+
+def test_numpy_scalars_accepted():
+    d = SuffixTree(max_depth=np.int64(6), max_spec_factor=np.float32(1.5), min_token_prob=0,
+                   max_cached_requests=np.int32(3))
+    assert (d.max_depth, d.max_spec_factor, d.min_token_prob, d.max_cached_requests) == (6, 1.5, 0.0, 3)
+    assert "max_depth=6" in repr(d)
 
 
 def test_bad_call_arguments():
@@ -461,3 +477,42 @@ def test_bad_call_arguments():
         d.end([1], seq_id=4)
     with pytest.raises(ValueError, match="unknown sequence"):
         d.tree_stats(4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 3), st.data())
+def test_eviction_wide_alphabet(depth, max_cached, data):
+    """Many children per node: hashed children blocks grow, lose entries and get re-keyed."""
+    d = SuffixTree(max_depth=depth, max_cached_requests=max_cached)
+    ref = Reference(max_depth=depth, max_cached_requests=max_cached)
+    for _ in range(data.draw(st.integers(2, 8))):
+        alphabet = data.draw(st.sampled_from([12, 40]))
+        n = data.draw(st.integers(1, 120))
+        out = data.draw(st.lists(st.integers(0, alphabet - 1), min_size=n, max_size=n))
+        d.begin([])
+        d.end(out)
+        ref.end(out)
+        check_tree_structure(d, list(ref.cached), depth)
+        for _ in range(3):
+            probe = data.draw(st.lists(st.integers(0, alphabet - 1), min_size=1, max_size=6))
+            d.begin(probe[:-1])
+            assert d.draft(probe[:-1], probe[-1], 6).tolist() == ref.draft(probe[:-1], probe[-1], 6)
+
+
+@pytest.mark.parametrize("max_cached", [1, 2])
+def test_global_arena_compaction(max_cached):
+    """Evicted outputs leave a dead arena prefix; past 4096 tokens it is dropped and refs shift."""
+    rng = np.random.default_rng(max_cached)
+    d = SuffixTree(max_depth=5, max_cached_requests=max_cached)
+    ref = Reference(max_depth=5, max_cached_requests=max_cached)
+    for i in range(7):
+        out = rng.integers(0, 3 + i, size=2000).tolist()
+        d.begin([])
+        d.end(out)
+        ref.end(out)
+        check_tree_structure(d, list(ref.cached), 5)
+        for _ in range(5):
+            probe = rng.integers(0, 3 + i, size=4).tolist()
+            d.begin(probe[:-1])
+            assert d.draft(probe[:-1], probe[-1], 8).tolist() == ref.draft(probe[:-1], probe[-1], 8)
+    assert d.tree_stats(None)["tokens"] == sum(map(len, ref.cached))

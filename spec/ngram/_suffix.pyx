@@ -26,6 +26,9 @@ from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memmove, memset
 
+import numbers
+import operator
+
 import numpy as np
 cimport numpy as cnp
 
@@ -552,6 +555,29 @@ cdef void free_chain(Tree* t, int32_t node) noexcept nogil:
 
 # -- the drafter -----------------------------------------------------------------------------------
 
+def _int_param(str name, value, long lo, long hi):
+    """``value`` as an int in [lo, hi]: TypeError for non-integers (bools and floats included)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
+    return v
+
+
+def _float_param(str name, value):
+    """``value`` as a finite float: TypeError for non-numbers (and bools), ValueError for nan/inf."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if not isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
 cdef const token_t[::1] as_tokens(object tokens, str name) except *:
     """A C-contiguous int32 view of ``tokens`` (same rules as the base class's wrappers)."""
     arr = np.asarray(tokens)
@@ -642,24 +668,18 @@ cdef class SuffixTree(Drafter):
         self.cap_stale = 0
         memset(&self.glob, 0, sizeof(Tree))
 
-    def __init__(self, int max_depth=24, double max_spec_factor=1.0, double max_spec_offset=0.0,
-                 double min_token_prob=0.1, Py_ssize_t max_cached_requests=10000):
-        if not 1 <= max_depth <= MAX_DEPTH_LIMIT:
-            raise ValueError(f"max_depth must be in [1, {MAX_DEPTH_LIMIT}], got {max_depth}")
-        if not (isfinite(max_spec_factor) and max_spec_factor >= 0):
-            raise ValueError(f"max_spec_factor must be finite and >= 0, got {max_spec_factor}")
-        if not isfinite(max_spec_offset):
-            raise ValueError(f"max_spec_offset must be finite, got {max_spec_offset}")
-        if not 0.0 <= min_token_prob <= 1.0:
+    def __init__(self, max_depth=24, max_spec_factor=1.0, max_spec_offset=0.0,
+                 min_token_prob=0.1, max_cached_requests=10000):
+        self.max_depth = _int_param("max_depth", max_depth, 1, MAX_DEPTH_LIMIT)
+        self.max_spec_factor = _float_param("max_spec_factor", max_spec_factor)
+        if self.max_spec_factor < 0:
+            raise ValueError(f"max_spec_factor must be >= 0, got {max_spec_factor}")
+        self.max_spec_offset = _float_param("max_spec_offset", max_spec_offset)
+        self.min_token_prob = _float_param("min_token_prob", min_token_prob)
+        if not 0.0 <= self.min_token_prob <= 1.0:
             raise ValueError(f"min_token_prob must be in [0, 1], got {min_token_prob}")
-        if max_cached_requests < -1:
-            raise ValueError(f"max_cached_requests must be >= -1 (-1 = no limit), "
-                             f"got {max_cached_requests}")
-        self.max_depth = max_depth
-        self.max_spec_factor = max_spec_factor
-        self.max_spec_offset = max_spec_offset
-        self.min_token_prob = min_token_prob
-        self.max_cached_requests = max_cached_requests
+        self.max_cached_requests = _int_param("max_cached_requests", max_cached_requests,
+                                              -1, 0x7FFFFFFF)
         self._free_all()
 
     def __dealloc__(self):
@@ -808,6 +828,12 @@ cdef class SuffixTree(Drafter):
         cdef int32_t node, child, c, p, depth = t.max_depth, d
         cdef token_t tok
         cdef Py_ssize_t s
+        cdef int64_t cap = self.cap_stale
+        # Each node is marked stale at most once per removal: reserve for all of them first, so
+        # that the removal itself cannot fail half way.
+        if grow(<void**> &self.stale, &cap, t.n_live, sizeof(int32_t)) < 0:
+            return raise_memory_error()
+        self.cap_stale = cap
         self.cached.pop_front()
         self.n_stale = 0
         for i in range(a, a + n):
@@ -820,8 +846,10 @@ cdef class SuffixTree(Drafter):
                 child = kid_find(t, node, tok)
                 if child < 0:                # cannot happen in a consistent tree
                     break
-                if t.nodes[node].top == child and self._mark_stale(node) < 0:
-                    return -1
+                if t.nodes[node].top == child:
+                    t.nodes[node].top = -2       # recomputed once, after the removal
+                    self.stale[self.n_stale] = node
+                    self.n_stale += 1
                 t.nodes[child].count -= 1
                 if t.nodes[child].count == 0:
                     kid_remove(t, node, tok)
@@ -856,17 +884,6 @@ cdef class SuffixTree(Drafter):
                     t.nodes[d].ref -= <int32_t> shift
             t.tok_end -= shift
             t.tok_begin = 0
-        return 0
-
-    cdef int _mark_stale(self, int32_t node) except -1 nogil:
-        cdef int64_t cap = self.cap_stale
-        if self.n_stale == cap:
-            if grow(<void**> &self.stale, &cap, cap + 1, sizeof(int32_t)) < 0:
-                return raise_memory_error()
-            self.cap_stale = cap
-        self.glob.nodes[node].top = -2
-        self.stale[self.n_stale] = node
-        self.n_stale += 1
         return 0
 
     # -- Python level --------------------------------------------------------------------------
