@@ -12,6 +12,7 @@ cdef class Model:
     cdef const llama_vocab* vocab
     cdef readonly str path
     cdef readonly int n_vocab
+    cdef readonly bint vocab_only # loaded without weights: tokenizer only, no contexts
     cdef bint closed              # close() was called; freed once no context uses it
     cdef int n_contexts           # open contexts borrowing this model
 

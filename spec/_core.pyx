@@ -171,6 +171,7 @@ cdef class Model:
             raise ModelLoadError(f"llama.cpp failed to load {path} (truncated, corrupt or an "
                                  f"unsupported architecture; see the 'spec.llama' log)")
         self.path = path
+        self.vocab_only = vocab_only
         self.vocab = llama_model_get_vocab(self.ptr)
         self.n_vocab = llama_vocab_n_tokens(self.vocab)
 
@@ -329,7 +330,13 @@ cdef class Model:
     def tokenize(self, text, bint add_special=True, bint parse_special=False):
         """Token ids of ``text`` (str or UTF-8 bytes) as an int32 numpy array."""
         self.check_open()
-        cdef bytes data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        cdef bytes data
+        if isinstance(text, str):
+            data = text.encode("utf-8")
+        elif isinstance(text, (bytes, bytearray, memoryview)):
+            data = bytes(text)
+        else:
+            raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
         if len(data) > 0x7FFFFFF0:
             raise ValueError(f"text of {len(data)} bytes is too long to tokenize")
         cdef int32_t n_max = len(data) + 8
@@ -436,6 +443,9 @@ cdef class Context:
                  int n_seq_max=1, seed=0, ctx_type="default", n_rs_seq=0, Context ctx_other=None,
                  bint embeddings=False):
         model.check_open()
+        if model.vocab_only:
+            raise ValueError(f"model {model.path!r} was loaded with vocab_only=True: it has no "
+                             f"weights to run a context on")
         if n_ctx is None:
             n_ctx = min(4096, max(llama_model_n_ctx_train(model.ptr), 64))
         if n_threads is None:

@@ -57,7 +57,7 @@ def grounded(bigram_model):
 
 
 @pytest.mark.parametrize("drafter", ALL_DRAFTERS)
-@pytest.mark.parametrize("n_draft", [1, 5, "auto"])
+@pytest.mark.parametrize("n_draft", [3, "auto"])
 def test_greedy_speculation_is_lossless(bigram_model, grounded, drafter, n_draft):
     prompt, plain = grounded
     with Engine(bigram_model, drafter=drafter, n_draft=n_draft, n_ctx=2048) as engine:
@@ -111,8 +111,10 @@ def test_stream_pieces_join_to_generate_text(bigram_model, grounded):
     prompt, plain = grounded
     with Engine(bigram_model, drafter="suffix", n_ctx=2048) as engine:
         pieces = list(engine.stream(prompt, max_tokens=60))
+        result = engine.generate(prompt, max_tokens=60)
     assert len(pieces) > 1
-    assert "".join(pieces) == bigram_model.detokenize(plain.tokens[:60])
+    assert "".join(pieces) == result.text
+    np.testing.assert_array_equal(result.tokens, plain.tokens[:60])
 
 
 def test_stop_string_ends_generation(tiny_model):
@@ -172,9 +174,10 @@ def test_bad_generation_arguments(tiny_model, kwargs):
 
 
 def test_prompt_that_does_not_fit(tiny_model):
-    with Engine(tiny_model, drafter="ngram-simple", n_ctx=64) as engine:
-        with pytest.raises(spec.ContextOverflowError, match="n_ctx=64"):
-            engine.generate(np.arange(10, 70, dtype=np.int32), max_tokens=16)
+    with Engine(tiny_model, drafter="ngram-simple", n_ctx=256) as engine:
+        n_ctx = engine.ctx.n_ctx                      # llama.cpp pads the requested size
+        with pytest.raises(spec.ContextOverflowError, match=f"n_ctx={n_ctx}"):
+            engine.generate(np.arange(10, 10 + n_ctx - 8, dtype=np.int32), max_tokens=16)
         with pytest.raises(ValueError, match="not a token id"):
             engine.generate(np.array([1, 2, tiny_model.n_vocab]), max_tokens=4)
         with pytest.raises(ValueError, match="empty"):
