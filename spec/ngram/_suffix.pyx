@@ -45,7 +45,7 @@ cdef enum:
 # -- allocation ------------------------------------------------------------------------------------
 
 cdef int grow(void** buf, int64_t* cap, int64_t need, size_t item) noexcept nogil:
-    """Grow ``*buf`` to hold at least ``need`` items (x1.5 steps); -1 when out of memory.
+    """Grow ``*buf`` to hold at least ``need`` items (x1.25 steps); -1 when out of memory.
 
     Never frees the old buffer on failure (the caller still owns it).
     """
@@ -56,7 +56,7 @@ cdef int grow(void** buf, int64_t* cap, int64_t need, size_t item) noexcept nogi
     if new_cap < 16:
         new_cap = 16
     while new_cap < need:
-        new_cap += new_cap >> 1
+        new_cap += new_cap >> 2
     p = realloc(buf[0], <size_t> new_cap * item)
     if p == NULL:
         return -1
@@ -440,7 +440,10 @@ cdef int tree_append(Tree* t, token_t tok) noexcept nogil:
                 t.nodes[node].length += 1
                 t.nodes[node].ref = pos + 1 - t.nodes[node].length
                 if (t.slab[t.nodes[node].kids] & 31) > LINEAR_LC:
-                    # Keys are read through refs: re-hash child under its new first token.
+                    # Keys are read through refs, so a hash table would need child re-keyed.
+                    # Not expected: a hashed block means >4 children once, and a node that still
+                    # has one child with no other suffix ending at it would have been merged.
+                    # Kept so that a broken expectation costs a re-hash, not a lost child.
                     kid_remove(t, node, tok)
                     t.nodes[child].ref += 1
                     t.nodes[child].length -= 1
@@ -1026,11 +1029,18 @@ cdef class SuffixTree(Drafter):
         return total
 
     def tree_stats(self, seq_id=None):
-        """``{"nodes", "tokens", "bytes"}`` of a sequence's tree, or of the global one (None)."""
+        """Size of a sequence's tree, or of the global one (``seq_id=None``).
+
+        ``nodes`` and ``tokens`` are live; ``bytes`` is what the tree has allocated and
+        ``bytes_used`` the part of it in use (the rest is growth room and freed slots).
+        """
         cdef const Tree* t = self._tree(seq_id)
         if not tree_ready(t):
-            return {"nodes": 0, "tokens": 0, "bytes": tree_bytes(t)}
-        return {"nodes": t.n_live, "tokens": t.tok_end - t.tok_begin, "bytes": tree_bytes(t)}
+            return {"nodes": 0, "tokens": 0, "bytes": tree_bytes(t), "bytes_used": 0}
+        return {"nodes": t.n_live, "tokens": t.tok_end - t.tok_begin, "bytes": tree_bytes(t),
+                "bytes_used": (t.n_live * sizeof(Node) + t.slab_used * sizeof(int32_t)
+                               + (t.tok_end - t.tok_begin) * sizeof(token_t)
+                               + t.max_depth * sizeof(int32_t))}
 
     @property
     def n_cached(self):
