@@ -8,10 +8,12 @@ cimport cython
 from libc.errno cimport errno
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdio cimport FILE, fclose, fopen, fwrite
-from libc.stdlib cimport calloc, free, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 import os
+
+import numpy as np
 
 from spec._typedefs cimport token_t
 from spec.ngram._base cimport Drafter
@@ -167,7 +169,7 @@ cdef int part_grow(Entry* e) except -1 nogil:
     cdef Py_ssize_t mask = new_cap - 1, i, j
     if e.cap >= (1 << 30):
         return raise_nomem()
-    fresh = <Count*> realloc(NULL, <size_t> new_cap * sizeof(Count))
+    fresh = <Count*> malloc(<size_t> new_cap * sizeof(Count))
     if fresh == NULL:
         return raise_nomem()
     memset(fresh, 0xFF, <size_t> new_cap * sizeof(Count))      # token = NO_TOKEN everywhere
@@ -771,7 +773,7 @@ cdef class NgramCache(Drafter):
 
 
 cdef const token_t[::1] _tokens(object tokens) except *:
-    import numpy as np
+    """A C-contiguous int32 view of ``tokens`` (validated like the drafter methods' arguments)."""
     arr = np.asarray(tokens)
     if arr.ndim != 1:
         raise ValueError(f"tokens must be 1-D, got shape {arr.shape}")
