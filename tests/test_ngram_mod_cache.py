@@ -247,25 +247,23 @@ def ref_simulate(ref, tokens, *, n_max, prompt_len=0):
 
 def drive(drafters, tokens, *, n_max, prompt_len, steps, seq=0):
     """Draft at positions fixed in advance (``steps`` = tokens consumed per call), whatever the
-    drafts are; each drafter gets the accept count of its own draft. Returns drafts per drafter."""
+    drafts are; each drafter gets the accept count of its own draft.
+
+    Returns, per drafter, a list of (draft, tie_at) per call (tie_at from the references only).
+    """
     toks = np.asarray(tokens, dtype=np.int32)
     out = [[] for _ in drafters]
     for d in drafters:
-        d.begin(toks[:prompt_len], seq_id=seq) if not isinstance(d, (RefNgramMod, RefNgramCache)) \
-            else d.begin(toks[:prompt_len], seq)
+        d.begin(toks[:prompt_len], seq)                # seq_id is the second argument everywhere
     i, step = prompt_len, 0
     while i < len(toks) - 1:
         cap = min(n_max, len(toks) - 1 - i)
         for j, d in enumerate(drafters):
-            if isinstance(d, (RefNgramMod, RefNgramCache)):
-                dr = d.draft(toks[:i], toks[i], cap, seq)
-            else:
-                dr = d.draft(toks[:i], int(toks[i]), cap, seq_id=seq)
-            dr = [int(t) for t in dr]
+            dr = [int(t) for t in d.draft(toks[:i], int(toks[i]), cap, seq)]
             k = 0
             while k < len(dr) and dr[k] == toks[i + 1 + k]:
                 k += 1
-            d.accept(k, seq) if isinstance(d, (RefNgramMod, RefNgramCache)) else d.accept(k, seq_id=seq)
+            d.accept(k, seq)
             out[j].append((dr, getattr(d, "tie_at", None)))
         i += steps[step % len(steps)]
         step += 1
