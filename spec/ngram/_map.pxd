@@ -30,6 +30,7 @@ cdef struct MapKey:
 
 cdef struct SeqMap:
     vector[MapKey] keys               # keys met at draft time, in creation order (first match wins)
+    vector[uint32_t] key_pos          # keys[i].key_idx, contiguous for the lookup scan
     vector[uint32_t] key_map          # hash(n-gram) % 2^18 -> a position of that n-gram (0 = empty)
     uint32_t key_map_last_idx         # positions 1..key_map_last_idx are hashed into key_map
     Py_ssize_t size_last_begin        # history length at the last begin (the prompt)

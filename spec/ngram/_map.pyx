@@ -114,6 +114,7 @@ cdef inline uint16_t saturating_inc(uint16_t x) noexcept nogil:
 cdef int reset_map(SeqMap* mp, Py_ssize_t size_n) except -1:
     """A fresh, empty map (as constructed upstream)."""
     mp.keys.clear()
+    mp.key_pos.clear()
     mp.key_map.assign(NGRAM_HASH_MAP_SIZE, 0)
     mp.key_map_last_idx = 0
     mp.size_last_begin = 0
@@ -161,8 +162,10 @@ cdef void map_begin(SeqMap* mp, Py_ssize_t size_begin, Py_ssize_t n, Py_ssize_t 
             if keep:
                 if w != r:
                     mp.keys[w] = mp.keys[r]
+                    mp.key_pos[w] = mp.key_pos[r]
                 w += 1
         mp.keys.resize(w)
+        mp.key_pos.resize(w)
 
     mp.idx_last_check = size_begin
     mp.size_last_begin = size_begin
@@ -176,6 +179,7 @@ cdef Py_ssize_t map_draft(SeqMap* mp, const token_t* inp, Py_ssize_t cur_len, to
     cdef Py_ssize_t n_draft, slot_max
     cdef uint32_t idx_key, sum_occur
     cdef uint32_t* km
+    cdef const uint32_t* kp
     cdef token_t* key
     cdef MapKey new_key
     cdef MapKey* curr
@@ -228,10 +232,13 @@ cdef Py_ssize_t map_draft(SeqMap* mp, const token_t* inp, Py_ssize_t cur_len, to
         return 0
 
     # The key's statistics: the first key whose n-gram (read from the live history) matches.
-    n_keys = <Py_ssize_t> mp.keys.size()
+    # (The dominant cost of a draft once there are many keys: a linear scan over their positions,
+    # kept contiguous in key_pos.)
+    n_keys = <Py_ssize_t> mp.key_pos.size()
+    kp = mp.key_pos.data()
     key_offset = n_keys
     for i in range(n_keys):
-        j = mp.keys[i].key_idx
+        j = kp[i]
         if j + n <= cur_len and key_at(inp, j, key, n):
             key_offset = i
             break
@@ -244,6 +251,7 @@ cdef Py_ssize_t map_draft(SeqMap* mp, const token_t* inp, Py_ssize_t cur_len, to
             new_key.values[v].value_num = 0
             new_key.values[v].n_accepted = <int16_t> m
         mp.keys.push_back(new_key)
+        mp.key_pos.push_back(<uint32_t> match_pos)
     curr = &mp.keys[key_offset]
     curr.key_num = saturating_inc(curr.key_num)
 
