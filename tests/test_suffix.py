@@ -244,6 +244,7 @@ def test_known_answer():
     tokens, parents, probs = d.draft_tree([1, 7], 8, 10)
     assert tokens.tolist() == [9, 7] and parents.tolist() == [-1, 0]
     assert probs.tolist() == [1.0, 0.5]
+    d.accept(1)                                # bookkeeping only: the history carries it
     assert d.draft([1, 7], 8, 10, seq_id=0).tolist() == [9, 7]
     # Own tree: "7" -> 8 (k = 1, score 1); global: "9 7" -> 8 9 (score 2) wins.
     assert d.draft([1, 7, 8, 9], 7, 10).tolist() == [8, 9]
@@ -341,13 +342,16 @@ def test_history_that_diverges_rebuilds():
 
 
 def test_reset_and_memory():
-    d = SuffixTree()
+    d = SuffixTree(max_cached_requests=1)
     assert d.memory_bytes() == 0
     d.begin(list(range(100)) * 3)
     d.draft(list(range(100)) * 3, 0, 8)
     d.end(list(range(50)))
     d.begin([1, 2, 3], seq_id=2)
     assert d.memory_bytes() > 0 and d.n_cached == 1
+    d.begin([])
+    d.end(list(range(60)))                     # evicts the first output
+    assert d.n_cached == 1
     d.reset()
     assert d.memory_bytes() == 0 and d.n_cached == 0
     with pytest.raises(ValueError, match="unknown sequence"):

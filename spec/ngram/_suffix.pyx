@@ -19,6 +19,11 @@ Tree maintenance is Arctic Inference's online algorithm: each sequence keeps the
 ``max_depth`` newest suffixes end, so appending a token touches at most ``max_depth`` nodes.
 Every suffix ends on a node boundary, so a node's count is the same along its whole edge.
 Structures: see _suffix.pxd.
+
+Where this differs from Arctic Inference: the whole pattern is a candidate match too (Arctic stops
+one short of it); an output joins the global tree when its generation ends, not token by token;
+each node keeps only its top child (highest count, then smallest token id, so ties are
+reproducible) instead of a fully ordered sibling list, which is all path drafting needs.
 """
 cimport cython
 from libc.math cimport floor, isfinite
@@ -702,6 +707,10 @@ cdef class SuffixTree(Drafter):
                 self.begun[i] = 0
         tree_free(&self.glob)
         self.cached.clear()
+        free(self.stale)
+        self.stale = NULL
+        self.n_stale = 0
+        self.cap_stale = 0
 
     # -- hooks ---------------------------------------------------------------------------------
 
