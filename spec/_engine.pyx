@@ -63,7 +63,7 @@ cdef struct SeqState:
 cdef struct EngineConfig:
     int n_draft_max         # upper bound on a draft's length
     bint auto_draft         # choose each draft's length from acceptance and cost
-    double draft_cost       # verify cost of one drafted token, in plain decode steps
+    double draft_cost       # prior verify cost of one drafted token, in plain decode steps
     bint trace              # record margins
     int n_vocab
     const unsigned char* is_eog  # [n_vocab] 1 for end-of-generation tokens
@@ -75,25 +75,88 @@ cdef struct Timers:
     double sample_s         # verification / sampling kernels
 
 
-cdef int _auto_length(SeqState* s, const EngineConfig* cfg) noexcept nogil:
-    """Draft length k maximizing expected tokens per unit cost, E(k) / (1 + c·k) where
-    E(k) = (1 - a^(k+1)) / (1 - a) for per-token acceptance a; 0 when no draft pays. A one-token
-    probe every 16 plain steps keeps the estimate of a alive after it has fallen.
+cdef struct CostModel:
+    # Verify-decode time t of a batch with n rows, fitted online as t = a + b·n by
+    # exponentially weighted least squares (recent batches count most).
+    double s0, s1, s2, t1, t2   # weighted sums of 1, n, n², t, n·t
+    int n_samples
+    double a, b                 # current fit (seconds); a prior until enough varied samples
+
+
+cdef void cost_init(CostModel* m, double draft_cost) noexcept nogil:
+    # Prior: one row costs draft_cost of a single-token step (a + b = 1 time unit).
+    memset(m, 0, sizeof(CostModel))
+    m.b = draft_cost
+    m.a = 1.0 - draft_cost
+
+
+cdef void cost_update(CostModel* m, int n_rows, double seconds) noexcept nogil:
+    cdef double x = n_rows, decay = 0.97, det, a, b
+    m.s0 = decay * m.s0 + 1.0
+    m.s1 = decay * m.s1 + x
+    m.s2 = decay * m.s2 + x * x
+    m.t1 = decay * m.t1 + seconds
+    m.t2 = decay * m.t2 + x * seconds
+    m.n_samples += 1
+    det = m.s0 * m.s2 - m.s1 * m.s1
+    if m.n_samples < 8 or det < 1e-6 * m.s0 * m.s0:
+        return                  # batch sizes have not varied enough to separate a from b
+    b = (m.s0 * m.t2 - m.s1 * m.t1) / det
+    a = (m.t1 - b * m.s1) / m.s0
+    if b > 0 and a >= 0:
+        m.a = a
+        m.b = b
+
+
+cdef inline double expected_tokens(double alpha, int k) noexcept nogil:
+    # Tokens emitted by a step with a k-token draft at per-token acceptance alpha.
+    return (1.0 - pow(alpha, k + 1)) / (1.0 - alpha) if alpha < 1.0 else k + 1.0
+
+
+cdef void choose_lengths(SeqState** seqs, int n_seqs, const EngineConfig* cfg,
+                         const CostModel* cost, int* lengths) noexcept nogil:
+    """Draft lengths maximizing the step's throughput Σ E_i(k_i) / (a + b·Σ(1 + k_i)).
+
+    Dinkelbach iterations: for a throughput estimate R, each sequence independently maximizes
+    E_i(k) − R·b·k; R starts at the plain rate, so a draft is made only if it beats plain
+    decoding at the batch's measured cost. A one-token probe every 16 plain steps keeps a fallen
+    acceptance estimate alive.
     """
-    cdef double a = s.alpha, best = 1.0, value, expected
-    cdef int k, best_k = 0
-    for k in range(1, cfg.n_draft_max + 1):
-        expected = (1.0 - pow(a, k + 1)) / (1.0 - a) if a < 1.0 else k + 1.0
-        value = expected / (1.0 + cfg.draft_cost * k)
-        if value > best * 1.0001:
-            best = value
-            best_k = k
-    if best_k == 0:
+    cdef int i, k, best_k, it, n_active = 0, rows
+    cdef double rate, value, best, total_e
+    cdef SeqState* s
+    for i in range(n_seqs):
+        n_active += not seqs[i].done
+        lengths[i] = 0
+    if n_active == 0:
+        return
+    rate = n_active / (cost.a + cost.b * n_active)
+    for it in range(2):
+        total_e = 0
+        rows = 0
+        for i in range(n_seqs):
+            s = seqs[i]
+            if s.done:
+                continue
+            best = 1.0
+            best_k = 0
+            for k in range(1, cfg.n_draft_max + 1):
+                value = expected_tokens(s.alpha, k) - rate * cost.b * k
+                if value > best + 1e-9:
+                    best = value
+                    best_k = k
+            lengths[i] = best_k
+            total_e += expected_tokens(s.alpha, best_k)
+            rows += 1 + best_k
+        rate = total_e / (cost.a + cost.b * rows)
+    for i in range(n_seqs):
+        s = seqs[i]
+        if s.done or lengths[i] > 0:
+            continue
         s.steps_since_probe += 1
         if s.steps_since_probe >= 16:
             s.steps_since_probe = 0
-            return 1
-    return best_k
+            lengths[i] = 1
 
 
 cdef int _emit(SeqState* s, const token_t* toks, int n, const float* margins_src,
@@ -118,7 +181,8 @@ cdef int _emit(SeqState* s, const token_t* toks, int n, const float* margins_src
 
 
 cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const EngineConfig* cfg,
-               Workspace* ws, Timers* timers, token_t* out_buf, float* margin_buf) except -1 nogil:
+               CostModel* cost, int* lengths, Workspace* ws, Timers* timers, token_t* out_buf,
+               float* margin_buf) except -1 nogil:
     """One draft → verify → accept step over every active sequence in seqs."""
     cdef SeqState* s
     cdef int i, j, k, n_acc, n_rows, n_budget
@@ -126,12 +190,14 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     cdef const float* row0
     # 1. drafts
     t0 = llama_time_us()
+    if cfg.auto_draft and drafter is not None:
+        choose_lengths(seqs, n_seqs, cfg, cost, lengths)
     for i in range(n_seqs):
         s = seqs[i]
         s.n_draft = 0
         if s.done or drafter is None or cfg.n_draft_max == 0:
             continue
-        k = _auto_length(s, cfg) if cfg.auto_draft else cfg.n_draft_max
+        k = lengths[i] if cfg.auto_draft else cfg.n_draft_max
         n_budget = s.max_tokens - s.n_generated   # the step emits up to k + 1 tokens
         k = min(k, n_budget - 1, ctx.n_ctx - s.n_past - 1)
         if k > 0:
@@ -157,6 +223,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     ctx.batch_decode()
     t2 = llama_time_us()
     timers.verify_s += (t2 - t1) * 1e-6
+    cost_update(cost, n_rows, (t2 - t1) * 1e-6)
     # 3. verify each slice, roll back rejected positions, tell the drafter
     for i in range(n_seqs):
         s = seqs[i]
@@ -281,6 +348,7 @@ cdef class Loop:
     cdef EngineConfig cfg
     cdef Workspace ws
     cdef Timers timers
+    cdef CostModel cost
     cdef object out_arr, margin_arr, eog_arr
 
     def __cinit__(self):
@@ -302,9 +370,15 @@ cdef class Loop:
         self.out_arr = np.zeros(self.cfg.n_draft_max + 1, dtype=np.int32)
         self.margin_arr = np.zeros(self.cfg.n_draft_max + 1, dtype=np.float32)
         memset(&self.timers, 0, sizeof(Timers))
+        cost_init(&self.cost, draft_cost)
 
     def __dealloc__(self):
         workspace_free(&self.ws)
+
+    @property
+    def cost_model(self):
+        """The fitted verify cost t = a + b·rows (seconds once fitted; a prior before)."""
+        return {"a": self.cost.a, "b": self.cost.b, "n_samples": self.cost.n_samples}
 
     @property
     def timers(self):
@@ -350,6 +424,8 @@ cdef class Loop:
         cdef int n = len(sequences), i, steps = 0, n_active, n_active0 = -1
         keep = np.zeros(max(n, 1), dtype=np.uintp)   # owns the pointer array
         cdef SeqState** seqs = <SeqState**> cnp.PyArray_DATA(keep)
+        lengths_arr = np.zeros(max(n, 1), dtype=np.intc)
+        cdef int* lengths = <int*> cnp.PyArray_DATA(lengths_arr)
         for i in range(n):
             seqs[i] = &(<Sequence> sequences[i]).state
         cdef token_t* out_buf = <token_t*> cnp.PyArray_DATA(self.out_arr)
@@ -364,8 +440,8 @@ cdef class Loop:
                 n_active0 = n_active
                 with gil:
                     PyErr_CheckSignals()
-                _step(self.ctx, self.drafter, seqs, n, &self.cfg, &self.ws, &self.timers,
-                      out_buf, margin_buf)
+                _step(self.ctx, self.drafter, seqs, n, &self.cfg, &self.cost, lengths, &self.ws,
+                      &self.timers, out_buf, margin_buf)
                 steps += 1
         return steps
 
