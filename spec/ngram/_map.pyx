@@ -5,10 +5,20 @@ Same algorithm, parameters and state updates as llama.cpp's ``common_ngram_map_{
 ``begin`` prunes state past a shrunk history, ``draft`` indexes new n-grams and looks the current
 one up, ``accept`` caps the next draft of the key that was used by how many tokens were accepted.
 
-Upstream reads past the end of the history when a kept key or value points too close to it after a
-``begin`` with a shorter history; here such an entry simply does not match. Everything else
-(including which of several occurrences wins, hash collisions that hide an occurrence, and
-n-grams around the prompt end that are never indexed) is reproduced as is.
+Everything upstream does is reproduced, quirks included: which of several occurrences wins, hash
+collisions that hide an occurrence, n-grams just before the prompt end that are never indexed,
+the k4v recount of the last counted occurrence. Where upstream has undefined behaviour or aborts:
+
+- after a ``begin`` whose prompt is shorter than the last history but not than the previous
+  prompt, upstream can read keys and values past the end of the history; here they do not match;
+- ``accept`` after a ``begin`` pruned the drafted key is ignored (upstream indexes past the end);
+- a draft whose history is shorter than the one last seen, without a new ``begin``, raises
+  ValueError (upstream aborts, or silently returns below 2n+m tokens);
+- ``accept(n)`` with n > size_m stores size_m (only min(size_m, n) is ever used; upstream's int16
+  would wrap past 32767).
+
+The positions are the state, so the history given to ``draft`` must extend the one seen before
+(as in upstream); matching always reads the live history.
 """
 cimport cython
 from libc.stdint cimport UINT32_MAX, int16_t, uint16_t, uint32_t
