@@ -123,6 +123,7 @@ def _save(name: str, data: dict) -> None:
 @pytest.fixture(scope="module")
 def vocab():
     """(vocab-only model, its name): the default model's vocabulary, else llama-bpe's."""
+    import spec.testing
     from spec.models import ModelNotInstalledError, resolve
     try:
         path, name = str(resolve("default")), "default model"
