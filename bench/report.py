@@ -1,0 +1,87 @@
+"""Render bench/results/*.json as the markdown tables quoted in bench/RESULTS.md.
+
+    python bench/report.py            # prints markdown for every results file present
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _machine(d: dict) -> str:
+    m = d["machine"]
+    return (f"_{m['cpu']}, {m['cores']} cores, {m['threads']} threads, Python {m['python']}, "
+            f"{' '.join(m['features'])}; `{d['command']}`_")
+
+
+def plain_decode(d: dict) -> str:
+    return "\n".join([
+        "| measure | tokens/s |", "|---|---|",
+        f"| spec `Context.generate_greedy` | {d['spec_tok_s']:.1f} |",
+        f"| llama.cpp `llama-bench` tg{d['n_gen']} | {d['llama_bench_tg_tok_s']:.1f} |",
+        f"| llama.cpp `llama-completion` eval | {d['llama_completion_tok_s']:.1f} |",
+        f"| **ratio spec / llama-bench** | **{d['ratio_vs_llama_bench']:.3f}** |",
+        f"| **ratio spec / llama-completion** | **{d['ratio_vs_llama_completion']:.3f}** |",
+        "", f"Medians of {d['rounds']} interleaved rounds. " + _machine(d)])
+
+
+def end_to_end(d: dict) -> str:
+    rows = ["| drafter | code speedup | code tok/step | chat speedup | chat tok/step |",
+            "|---|---|---|---|---|"]
+    for name in d["code_speedup"]:
+        rows.append(f"| {name} | {d['code_speedup'][name]:.2f}x | "
+                    f"{d['code_mean_accept_len'][name]:.2f} | {d['chat_speedup'][name]:.2f}x | "
+                    f"{d['chat_mean_accept_len'][name]:.2f} |")
+    rows += ["", f"Median over {d['n_prompts']} prompts of per-prompt tok/s ratios (plain "
+             f"measured back to back), {d['n_gen']} new tokens, greedy. " + _machine(d)]
+    return "\n".join(rows)
+
+
+def side_by_side(d: dict) -> str:
+    rows = ["| method | spec / llama-speculative-simple | accept rate spec | accept rate llama.cpp |",
+            "|---|---|---|---|"]
+    for name, r in d["methods"].items():
+        rows.append(f"| {name} | {r['ratio_ours_over_theirs']:.3f} | "
+                    f"{100 * r['accept_rate_ours']:.0f} % | {100 * r['accept_rate_theirs']:.0f} % |")
+    rows += ["", f"Code prompts, draft length {d['n_draft']}, {d['n_gen']} new tokens, median over "
+             f"{d['n_prompts']} prompts. " + _machine(d)]
+    return "\n".join(rows)
+
+
+def batch(d: dict) -> str:
+    rows = ["| n_parallel | plain tok/s | speculative tok/s | speedup | accept rate |",
+            "|---|---|---|---|---|"]
+    for n, r in d["rows"].items():
+        rows.append(f"| {n} | {r['plain']['tok_s']:.1f} | {r['spec']['tok_s']:.1f} | "
+                    f"{r['speedup']:.2f}x | {100 * r['spec']['accept_rate']:.0f} % |")
+    rows += ["", f"Batched speculation at 8 over one-at-a-time speculation: "
+             f"{d['batched_spec_at_8_over_one_at_a_time_spec']:.2f}x. {d['n_prompts']} prompts, "
+             f"{d['max_tokens']} new tokens each, drafter `{d['drafter']}`. " + _machine(d)]
+    return "\n".join(rows)
+
+
+SECTIONS = [("plain_decode", "Plain decoding vs llama.cpp", plain_decode),
+            ("end_to_end", "End to end: drafters vs plain decoding", end_to_end),
+            ("side_by_side", "Side by side with llama-speculative-simple", side_by_side),
+            ("batch_code", "Batch generation, code prompts", batch),
+            ("batch_chat", "Batch generation, chat prompts", batch)]
+
+
+def main() -> int:
+    for name, title, render in SECTIONS:
+        data = _load(name)
+        if data is not None:
+            print(f"### {title}\n\n{render(data)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
