@@ -56,6 +56,17 @@ def side_by_side(d: dict) -> str:
     return "\n".join(rows)
 
 
+def lossless(d: dict) -> str:
+    rows = ["| drafter | runs | diverged | largest top-2 margin at a divergence | drafts accepted |",
+            "|---|---|---|---|---|"]
+    for name, r in d["drafters"].items():
+        rows.append(f"| {name} | {r['runs']} | {r['diverged']} | "
+                    f"{r['max_margin_at_divergence']:.3f} | {r['accepted']} |")
+    rows += ["", f"{d['n_gen']} new tokens per run, draft length {d['n_draft']}; plain greedy with "
+             f"a trace is the reference. " + _machine(d)]
+    return "\n".join(rows)
+
+
 def batch(d: dict) -> str:
     rows = ["| n_parallel | plain tok/s | speculative tok/s | speedup | accept rate |",
             "|---|---|---|---|---|"]
@@ -71,6 +82,7 @@ def batch(d: dict) -> str:
 SECTIONS = [("plain_decode", "Plain decoding vs llama.cpp", plain_decode),
             ("end_to_end", "End to end: drafters vs plain decoding", end_to_end),
             ("side_by_side", "Side by side with llama-speculative-simple", side_by_side),
+            ("lossless_report", "Greedy losslessness on the default model", lossless),
             ("batch_code", "Batch generation, code prompts", batch),
             ("batch_chat", "Batch generation, chat prompts", batch)]
 

@@ -111,3 +111,32 @@ def test_side_by_side_with_llama_speculative_simple(model, default_model_path):
         "n_gen": N_GEN, "n_prompts": N_PROMPTS, "n_draft": N_DRAFT_SHARED, "methods": rows,
     })
     assert all(r["accept_rate_ours"] > 0 for r in rows.values())
+
+
+def test_lossless_report(model):
+    """How often greedy speculation diverges from plain greedy on the default model, and at
+    what margin: every divergence must be a near-tie (the tests' rule)."""
+    drafters = ["ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache",
+                "suffix", "llama:ngram-simple", "llama:ngram-mod"]
+    prompts = code_prompts(N_PROMPTS) + chat_prompts(N_PROMPTS)
+    plain = spec.Engine(model, drafter=None, n_ctx=N_CTX, n_threads=THREADS)
+    references = [plain.generate(p, max_tokens=64, trace=True) for p in prompts]
+    rows = {}
+    for name in drafters:
+        engine = spec.Engine(model, drafter=name, n_draft=8, n_ctx=N_CTX, n_threads=THREADS)
+        diverged, margins, accepted = 0, [], 0
+        for prompt, ref in zip(prompts, references):
+            out = engine.generate(prompt, max_tokens=64)
+            accepted += out.stats.n_accepted
+            n = min(len(ref.tokens), len(out.tokens))
+            diff = [i for i in range(n) if ref.tokens[i] != out.tokens[i]]
+            if diff:
+                diverged += 1
+                margins.append(float(ref.margins[diff[0]]))
+        engine.close()
+        rows[name] = {"runs": len(prompts), "diverged": diverged, "accepted": accepted,
+                      "max_margin_at_divergence": max(margins, default=0.0)}
+        assert accepted > 0
+        assert all(m <= 0.15 for m in margins), (name, margins)
+    save("lossless_report", {"command": "python -m pytest bench/test_end_to_end.py -s -k lossless",
+                             "n_gen": 64, "n_draft": 8, "drafters": rows})
