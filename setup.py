@@ -14,7 +14,7 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from buildsupport.llama_build import ensure_built, locate  # noqa: E402
+from buildsupport.llama_build import ensure_built, locate, portable  # noqa: E402
 
 LLAMA_LINKED = {"spec._core", "spec._upstream"}
 
@@ -22,6 +22,10 @@ DIRECTIVES = dict(language_level=3, boundscheck=False, wraparound=False,
                   initializedcheck=False, cdivision=True, embedsignature=True)
 if os.environ.get("SPEC_DEBUG_CYTHON"):
     DIRECTIVES.update(boundscheck=True, wraparound=True, initializedcheck=True, cdivision=False)
+
+
+# Same CPU target as the llama.cpp build: -march=native unless SPEC_PORTABLE=1.
+NATIVE = [] if portable() else ["-march=native"]
 
 
 def module_name(pyx: Path) -> str:
@@ -46,7 +50,7 @@ def extensions(llama):
             include_dirs=[np.get_include(), *llama.include_dirs],  # cimporting _core needs llama.h
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
                            ("GGML_USE_CPU", None), ("LLAMA_SUBPROCESS", None)],
-            extra_compile_args=["-std=c++17", "-O3", *(["-fopenmp"] if linked else [])],
+            extra_compile_args=["-std=c++17", "-O3", *NATIVE, *(["-fopenmp"] if linked else [])],
             extra_objects=llama.static_libs if linked else [],
             extra_link_args=(["-fopenmp", "-lpthread", "-ldl", "-lm", "-Wl,--exclude-libs,ALL"]
                              if linked else []),

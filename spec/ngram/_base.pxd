@@ -9,7 +9,14 @@
 #   accept_seq(seq, n_accepted)  after verification: how many of the last draft were accepted
 #   end_seq(seq, output)         the generation finished; output = the generated tokens
 # The c-level methods assume valid arguments (the Python wrappers and the engine check them).
+cimport numpy as cnp
+
 from spec._typedefs cimport token_t
+
+
+# ``tokens`` as a 1-D C-contiguous int32 ndarray of non-negative ids (ValueError/TypeError naming
+# ``name`` otherwise). Shared by every drafter's Python-facing methods.
+cdef cnp.ndarray as_token_array(object tokens, str name)
 
 
 cdef class Drafter:
@@ -17,6 +24,7 @@ cdef class Drafter:
     cdef unsigned char* begun          # begun[seq] != 0 once begin_seq ran for seq
 
     cdef int reserve_seqs(self, int n_seq) except -1
+    cdef int check_seq(self, int seq_id, bint need_begun) except -1   # ValueError if unknown
     cdef int begin_seq(self, int seq, const token_t* prompt, Py_ssize_t n_prompt) except -1 nogil
     cdef Py_ssize_t draft_seq(self, int seq, const token_t* history, Py_ssize_t n_history,
                               token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil

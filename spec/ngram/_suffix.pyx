@@ -38,7 +38,7 @@ import numpy as np
 cimport numpy as cnp
 
 from spec._typedefs cimport token_t
-from spec.ngram._base cimport Drafter
+from spec.ngram._base cimport Drafter, as_token_array
 
 cnp.import_array()
 
@@ -586,18 +586,6 @@ def _float_param(str name, value):
     return v
 
 
-cdef const token_t[::1] as_tokens(object tokens, str name) except *:
-    """A C-contiguous int32 view of ``tokens`` (same rules as the base class's wrappers)."""
-    arr = np.asarray(tokens)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
-    if arr.size and (arr.min() < 0 or arr.max() > 0x7FFFFFFF):
-        raise ValueError(f"{name} holds token ids outside [0, 2**31)")
-    return np.ascontiguousarray(arr, dtype=np.int32)
-
-
 cdef struct Item:                 # a candidate token of draft_tree's best-first expansion
     double prob                   # path probability of the token
     int64_t order                 # push order: earlier wins ties
@@ -919,7 +907,7 @@ cdef class SuffixTree(Drafter):
         if id_last < 0:
             raise ValueError(f"id_last must be a token id >= 0, got {id_last}")
         self._check_seq(seq_id)
-        cdef const token_t[::1] hist = as_tokens(history, "history")
+        cdef const token_t[::1] hist = as_token_array(history, "history")
         tokens = np.empty(n_max, dtype=np.int32)
         parents = np.empty(n_max, dtype=np.int32)
         probs = np.empty(n_max, dtype=np.float32)
