@@ -6,6 +6,8 @@ Research code imports everything from here:
 - :class:`Engine` — generation with a drafter (``spec.engine``);
 - drafters: :class:`NgramSimple`, :class:`NgramMapK`, :class:`NgramMapK4V`, :class:`NgramMod`,
   :class:`NgramCache`, :class:`SuffixTree`, and :func:`llama_drafter` (llama.cpp's own);
+- model-based sessions (:mod:`spec.sessions`): :class:`DraftModelSession`, :class:`MtpSession`,
+  :class:`Eagle3Session`, :class:`DFlashSession`, configured by :class:`SessionConfig`;
 - :func:`simulate` — replay a token stream through a drafter without a model.
 """
 from spec._errors import (ClosedError, ContextError, ContextOverflowError, DecodeAbortedError,
@@ -18,6 +20,9 @@ from spec.ngram import (Drafter, NgramCache, NgramMapK, NgramMapK4V, NgramMod, N
                         SuffixTree)
 from spec._simulate import SimResult, simulate
 from spec._upstream import LlamaDrafter
+from spec.sessions import (BadSeqIdError, DFlashSession, DraftModelSession, Eagle3Session,
+                           InvalidConfigError, MtpSession, Session, SessionConfig,
+                           SessionInitError, SessionProcessError)
 
 __version__ = "0.1.0"
 
@@ -37,4 +42,6 @@ __all__ = [
     "Model", "ModelLoadError", "ModelNotInstalledError", "NgramCache", "NgramMapK", "NgramMapK4V",
     "NgramMod", "NgramSimple", "Result", "SimResult", "SpecError", "Stats", "SuffixTree",
     "drafter_names", "llama_drafter", "make_drafter", "simulate",
+    "BadSeqIdError", "DFlashSession", "DraftModelSession", "Eagle3Session", "InvalidConfigError",
+    "MtpSession", "Session", "SessionConfig", "SessionInitError", "SessionProcessError",
 ]

@@ -7,6 +7,8 @@ from libcpp cimport bool
 from libcpp.string cimport string
 from libcpp.vector cimport vector
 
+from spec._llama cimport llama_context
+
 
 cdef extern from "llama.h" nogil:
     # The three scalar typedefs common/speculative.h uses; the rest of llama.h is in spec/_llama.pxd.
@@ -17,6 +19,17 @@ cdef extern from "llama.h" nogil:
 
 
 cdef extern from "common.h" nogil:
+    # struct common_batch: a token batch (mirror vector + llama_batch_ext) that
+    # common_speculative_process reads; entries are (id, pos, seq_id, output).
+    cdef cppclass common_batch:
+        common_batch()
+        common_batch(llama_context* ctx) except +
+        void clear()
+        int32_t size()
+        int32_t add(llama_token id, llama_pos pos, llama_seq_id seq_id, bool output) except +
+
+    # bool common_context_can_seq_rm(...) is not used: the engine probes the model type instead.
+
     # using llama_tokens = std::vector<llama_token>;
     ctypedef vector[llama_token] llama_tokens
 
@@ -48,8 +61,18 @@ cdef extern from "common.h" nogil:
         string lookup_cache_static      # path of a static n-gram cache file ("" = none)
         string lookup_cache_dynamic     # path of a dynamic n-gram cache file ("" = none)
 
+    # Model-based types (draft-simple, eagle3, mtp, dflash) read these.
+    cdef cppclass common_params_speculative_draft:
+        int32_t n_max           # longest draft (default 3)
+        int32_t n_min           # drafts shorter than this are dropped (default 0)
+        float p_min             # stop drafting below this top-1 draft probability (default 0)
+        bool backend_sampling   # draft sampling offloaded to the backend (default true)
+        llama_context* ctx_tgt
+        llama_context* ctx_dft
+
     cdef cppclass common_params_speculative:
         vector[common_speculative_type] types   # a chain; the first non-empty draft wins
+        common_params_speculative_draft draft
         common_params_speculative_ngram_mod ngram_mod
         common_params_speculative_ngram_map ngram_simple
         common_params_speculative_ngram_map ngram_map_k
@@ -110,6 +133,13 @@ cdef extern from "speculative.h" nogil:
     # Aborts (GGML_ASSERT) when no draft was ever produced for seq_id and n_accepted != 0.
     void common_speculative_accept(common_speculative* spec, llama_seq_id seq_id,
                                    uint16_t n_accepted) except +
+
+    # bool common_speculative_process(common_speculative * spec, const common_batch & batch);
+    # Feeds a decoded target batch to the model-based types (draft decodes); false on failure.
+    bool common_speculative_process(common_speculative* spec, const common_batch& batch) except +
+
+    # void common_speculative_print_stats(const common_speculative * spec);
+    void common_speculative_print_stats(const common_speculative* spec) except +
 
     # int32_t common_speculative_n_max(const common_speculative * spec);
     int32_t common_speculative_n_max(const common_speculative* spec)

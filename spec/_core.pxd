@@ -3,8 +3,13 @@
 # Other compiled modules (the speculative engine) cimport Context and drive it through its cdef
 # methods: every call into llama.cpp goes through this module, the only one holding the model and
 # context objects' code, so no second copy of llama.cpp ever touches them.
+from libc.stdint cimport int64_t, uint8_t
+from libcpp.vector cimport vector
+
+from spec._common_spec cimport common_batch, common_speculative, llama_tokens
 from spec._llama cimport llama_batch, llama_context, llama_model, llama_vocab
 from spec._typedefs cimport pos_t, seq_t, token_t
+from spec.ngram._base cimport Drafter
 
 
 cdef class Model:
@@ -13,6 +18,7 @@ cdef class Model:
     cdef readonly str path
     cdef readonly int n_vocab
     cdef readonly bint vocab_only # loaded without weights: tokenizer only, no contexts
+    cdef readonly bint load_mtp   # loaded with its MTP (NextN) heads
     cdef bint closed              # close() was called; freed once no context uses it
     cdef int n_contexts           # open contexts borrowing this model
 
@@ -34,6 +40,11 @@ cdef class Context:
     cdef bint closed
     cdef int n_views              # live numpy views over the logits buffer
     cdef public object seed       # default seed for samplers drawing from this context
+    cdef readonly str ctx_type    # "default" or "mtp"
+    cdef readonly int n_rs_seq    # recurrent rollback depth llama.cpp granted (0: none)
+    cdef readonly bint recurrent  # the model has recurrent layers (recurrent or hybrid memory)
+    cdef int n_sessions           # live speculative sessions using this context (defer release)
+    cdef vector[vector[uint8_t]] ckpts  # per-sequence checkpoint (recurrent state before a verify)
 
     cdef int check_open(self) except -1
     cdef void release(self) noexcept
@@ -49,5 +60,29 @@ cdef class Context:
     cdef const float* logits_row(self, int i) noexcept nogil
     cdef bint seq_rm(self, seq_t seq, pos_t p0, pos_t p1) noexcept nogil
     cdef pos_t seq_pos_max(self, seq_t seq) noexcept nogil
+    # Checkpoint path for memories that cannot drop a rejected suffix: save the sequence's
+    # partial (recurrent) state before a verify decode, restore it on partial acceptance.
+    cdef int ckpt_save(self, seq_t seq) except -1 nogil
+    cdef int ckpt_load(self, seq_t seq) except -1 nogil
     cdef int _greedy_loop(self, seq_t seq, pos_t pos, int max_tokens, bint stop_at_eog,
                           token_t* out) except -1 nogil
+
+
+cdef class Session(Drafter):
+    # A common_speculative over a target and a draft context. See _sessions.pxi.
+    cdef common_speculative* spec
+    cdef common_batch* mirror     # the target's last decoded batch, as process() takes it
+    cdef readonly Context target_ctx
+    cdef readonly Context draft_ctx
+    cdef object _config
+    cdef int kind                 # common_speculative_type
+    cdef int cfg_n_seq
+    cdef vector[llama_tokens] prompts   # per sequence: tokens in the target context
+    cdef vector[pos_t] pos0       # per sequence: n_past of the last draft (-1: none)
+    cdef llama_tokens result
+    cdef int64_t n_calls, n_drafted, n_accepted, n_process
+    cdef int64_t t_draft_us, t_process_us, t_accept_us
+
+    cdef int _live(self) except -1
+    cdef int _seq(self, seq_id) except -1
+    cdef int after_decode(self) except -1 nogil

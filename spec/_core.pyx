@@ -10,7 +10,8 @@ import os
 import numpy as np
 cimport numpy as cnp
 from cpython.exc cimport PyErr_CheckSignals
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
+from libcpp.vector cimport vector
 from libc.stdlib cimport free, malloc
 
 from spec._llama cimport *
@@ -163,6 +164,7 @@ cdef class Model:
         params.vocab_only = vocab_only
         params.n_gpu_layers = n_gpu_layers
         params.load_mtp = load_mtp
+        self.load_mtp = load_mtp
         cdef bytes bpath = path.encode()
         cdef const char* cpath = bpath
         with nogil:
@@ -438,6 +440,7 @@ cdef class Context:
         self.n_views = 0
         self.batch_capacity = 0
         self.n_outputs = 0
+        self.n_sessions = 0
 
     def __init__(self, Model model not None, *, n_ctx=None, int n_batch=512, n_threads=None,
                  int n_seq_max=1, seed=0, ctx_type="default", n_rs_seq=0, Context ctx_other=None,
@@ -456,6 +459,14 @@ cdef class Context:
                 raise ValueError(f"{name} must be > 0, got {value}")
         if ctx_type not in ("default", "mtp"):
             raise ValueError(f"ctx_type must be 'default' or 'mtp', got {ctx_type!r}")
+        if ctx_type == "mtp":
+            # llama.cpp aborts (GGML_ASSERT) building an MTP graph without loaded NextN tensors
+            if llama_model_n_layer_nextn(model.ptr) <= 0:
+                raise ValueError(f"ctx_type='mtp' needs a model with MTP (NextN) layers; "
+                                 f"{model.path!r} has none")
+            if not model.load_mtp:
+                raise ValueError(f"ctx_type='mtp': load the model with Model(..., "
+                                 f"load_mtp=True) (its MTP heads were not loaded)")
         if int(n_rs_seq) < 0:
             raise ValueError(f"n_rs_seq must be >= 0, got {n_rs_seq}")
         if ctx_other is not None:
@@ -487,6 +498,10 @@ cdef class Context:
         self.batch = llama_batch_init(self.n_batch, 0, 1)
         self.batch_capacity = self.n_batch
         self.seed = seed
+        self.ctx_type = ctx_type
+        self.n_rs_seq = llama_n_rs_seq(self.ptr)
+        self.recurrent = llama_model_is_recurrent(model.ptr) or llama_model_is_hybrid(model.ptr)
+        self.ckpts.resize(self.n_seq_max)
 
     def __dealloc__(self):
         self.release()
@@ -506,7 +521,7 @@ cdef class Context:
         if self.closed:
             return
         self.closed = True
-        if self.n_views == 0:
+        if self.n_views == 0 and self.n_sessions == 0:
             self.release()
 
     def __enter__(self):
@@ -694,6 +709,24 @@ cdef class Context:
             t2 = llama_time_us()
         return out[:n_out].copy(), (t1 - t0) * 1e-6, (t2 - t1) * 1e-6
 
+    cdef int ckpt_save(self, seq_t seq) except -1 nogil:
+        cdef vector[uint8_t]* buf = &self.ckpts[seq]
+        cdef size_t n = llama_state_seq_get_size_ext(self.ptr, seq, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY)
+        buf.resize(n)
+        if n and llama_state_seq_get_data_ext(self.ptr, buf.data(), n, seq,
+                                              LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) != n:
+            with gil:
+                raise SpecError(f"could not save the state of sequence {seq} (checkpoint)")
+        return 0
+
+    cdef int ckpt_load(self, seq_t seq) except -1 nogil:
+        cdef vector[uint8_t]* buf = &self.ckpts[seq]
+        if buf.size() and llama_state_seq_set_data_ext(self.ptr, buf.data(), buf.size(), seq,
+                                                       LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == 0:
+            with gil:
+                raise SpecError(f"could not restore the state of sequence {seq} (checkpoint)")
+        return 0
+
     cdef int _greedy_loop(self, seq_t seq, pos_t pos, int max_tokens, bint stop_at_eog,
                           token_t* out) except -1 nogil:
         cdef int n_out = 0
@@ -726,3 +759,6 @@ cdef inline token_t _argmax(const float* row, int n) noexcept nogil:
             v = row[i]
             best = i
     return best
+
+
+include "_sessions.pxi"

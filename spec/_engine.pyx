@@ -17,7 +17,7 @@ from libc.string cimport memset
 import numpy as np
 cimport numpy as cnp
 
-from spec._core cimport Context
+from spec._core cimport Context, Session
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from spec._typedefs cimport pos_t, seq_t, token_t
 from spec._verify cimport (SamplerParams, Rng, Workspace, rng_seed, sample_token, top2_margin,
@@ -45,6 +45,9 @@ cdef struct SeqState:
     token_t* draft          # [n_draft_max] the current step's draft
     int n_draft             # its length
     int batch_start         # index of this sequence's first row in the step's batch
+    int n_replay            # checkpoint path: tokens to re-decode after a restore (0: none)
+    pos_t replay_pos        # their first position
+    token_t replay_first    # the id_last of the rejected verify (replayed first)
     float* margins          # [max_tokens] top-1 minus top-2 logit per emitted token, or NULL
     int64_t* accept_hist    # [n_draft_max + 1] verify steps by number of accepted drafts
     int64_t* accept_by_pos  # [n_draft_max] accepted drafts by draft position
@@ -67,6 +70,7 @@ cdef struct EngineConfig:
     bint trace              # record margins
     int n_vocab
     const unsigned char* is_eog  # [n_vocab] 1 for end-of-generation tokens
+    bint checkpoint         # the memory cannot drop a rejected suffix: save/restore/replay
 
 
 cdef struct Timers:
@@ -180,12 +184,37 @@ cdef int _emit(SeqState* s, const token_t* toks, int n, const float* margins_src
 
 
 
+cdef int _replay(Context ctx, Session session, SeqState** seqs, int n_seqs) except -1 nogil:
+    """Checkpoint path, after a partial acceptance restored a sequence's state: re-decode
+    [old id_last, accepted drafts...] for every such sequence in one batch."""
+    cdef SeqState* s
+    cdef int i, j, n_rows = 0
+    ctx.batch_clear()
+    for i in range(n_seqs):
+        s = seqs[i]
+        if s.n_replay == 0:
+            continue
+        ctx.batch_add(s.replay_first, s.replay_pos, s.seq, False)
+        for j in range(1, s.n_replay):
+            ctx.batch_add(s.draft[j - 1], s.replay_pos + j, s.seq, False)
+        n_rows += s.n_replay
+        s.n_replay = 0
+    if n_rows == 0:
+        return 0
+    ctx.batch_decode()
+    if session is not None:
+        session.after_decode()
+    return 0
+
+
 cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const EngineConfig* cfg,
                CostModel* cost, int* lengths, Workspace* ws, Timers* timers, token_t* out_buf,
-               float* margin_buf) except -1 nogil:
-    """One draft → verify → accept step over every active sequence in seqs."""
+               float* margin_buf, Session session) except -1 nogil:
+    """One draft → verify → accept step over every active sequence in seqs (session: the
+    drafter again when it is a model-based session, fed after every decode; else None)."""
     cdef SeqState* s
     cdef int i, j, k, n_acc, n_rows, n_budget
+    cdef bint any_replay = False
     cdef int64_t t0, t1, t2
     cdef const float* row0
     # 1. drafts
@@ -214,6 +243,8 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
         if s.done:
             continue
         s.batch_start = n_rows
+        if cfg.checkpoint and s.n_draft > 0:
+            ctx.ckpt_save(s.seq)
         ctx.batch_add(s.tokens[s.n_prompt + s.n_generated - 1], s.n_past, s.seq, True)
         for j in range(s.n_draft):
             ctx.batch_add(s.draft[j], s.n_past + 1 + j, s.seq, True)
@@ -221,6 +252,8 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     if n_rows == 0:
         return 0
     ctx.batch_decode()
+    if session is not None:
+        session.after_decode()
     t2 = llama_time_us()
     timers.verify_s += (t2 - t1) * 1e-6
     cost_update(cost, n_rows, (t2 - t1) * 1e-6)
@@ -254,11 +287,31 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
             for j in range(min(n_acc + 1, s.n_draft)):
                 s.alpha = 0.9 * s.alpha + 0.1 * (1.0 if j < n_acc else 0.0)
             drafter.accept_seq(s.seq, n_acc)
-        s.n_past += 1 + n_acc
         if s.n_draft > n_acc:
-            ctx.seq_rm(s.seq, s.n_past, -1)
+            if cfg.checkpoint:
+                # restore the state before the verify, then replay the accepted prefix
+                ctx.ckpt_load(s.seq)
+                if not ctx.seq_rm(s.seq, s.n_past, -1):
+                    with gil:
+                        raise RuntimeError(f"sequence {s.seq}: cannot drop positions >= "
+                                           f"{s.n_past} after restoring its checkpoint")
+                s.replay_first = s.tokens[s.n_prompt + s.n_generated - 1]
+                s.replay_pos = s.n_past
+                s.n_replay = 1 + n_acc
+                any_replay = True
+            elif not ctx.seq_rm(s.seq, s.n_past + 1 + n_acc, -1):
+                with gil:
+                    raise RuntimeError(
+                        f"sequence {s.seq}: the context's memory cannot drop the rejected "
+                        f"positions >= {s.n_past + 1 + n_acc} (recurrent model without a "
+                        f"checkpoint or rollback depth n_rs_seq)")
+        s.n_past += 1 + n_acc
         _emit(s, out_buf, n_acc + 1, margin_buf, cfg.is_eog)
     timers.sample_s += (llama_time_us() - t2) * 1e-6
+    if any_replay:
+        t1 = llama_time_us()
+        _replay(ctx, session, seqs, n_seqs)
+        timers.verify_s += (llama_time_us() - t1) * 1e-6
     return 0
 
 
@@ -345,6 +398,7 @@ cdef class Loop:
     """Drives Sequences through a Context with a Drafter (or none: plain decoding)."""
     cdef Context ctx
     cdef Drafter drafter
+    cdef Session session    # the drafter when it is a model-based session (fed every decode)
     cdef EngineConfig cfg
     cdef Workspace ws
     cdef Timers timers
@@ -358,6 +412,14 @@ cdef class Loop:
                  bint auto_draft=False, double draft_cost=0.43, bint trace=False):
         self.ctx = ctx
         self.drafter = drafter
+        if isinstance(drafter, Session):
+            if (<Session> drafter).target_ctx is not ctx:
+                raise ValueError("the session's target_ctx is not the context this loop decodes")
+            self.session = <Session> drafter
+        # Memories that cannot drop a rejected suffix (recurrent / hybrid models) without a
+        # rollback depth covering a whole draft take the checkpoint path.
+        self.cfg.checkpoint = (drafter is not None and n_draft_max > 0 and ctx.recurrent
+                               and ctx.n_rs_seq < n_draft_max)
         self.cfg.n_draft_max = n_draft_max if drafter is not None else 0
         self.cfg.auto_draft = auto_draft
         self.cfg.draft_cost = draft_cost
@@ -396,6 +458,7 @@ cdef class Loop:
         cdef int64_t t0, t1
         cdef token_t first
         cdef float margin = 0
+        cdef int i, n
         if s.n_prompt + s.max_tokens > ctx.n_ctx:
             from spec._errors import ContextOverflowError
             raise ContextOverflowError(
@@ -406,7 +469,16 @@ cdef class Loop:
         with nogil:
             ctx.seq_rm(s.seq, -1, -1)
             t0 = llama_time_us()
-            ctx.decode_tokens(s.tokens, s.n_prompt, 0, s.seq, False)
+            if self.session is None:
+                ctx.decode_tokens(s.tokens, s.n_prompt, 0, s.seq, False)
+            else:
+                # chunk by chunk: the session processes every target decode
+                i = 0
+                while i < s.n_prompt:
+                    n = min(s.n_prompt - i, ctx.n_batch)
+                    ctx.decode_tokens(s.tokens + i, n, i, s.seq, False)
+                    self.session.after_decode()
+                    i += n
             t1 = llama_time_us()
             s.n_past = s.n_prompt
             if not s.done:
@@ -441,7 +513,7 @@ cdef class Loop:
                 with gil:
                     PyErr_CheckSignals()
                 _step(self.ctx, self.drafter, seqs, n, &self.cfg, &self.cost, lengths, &self.ws,
-                      &self.timers, out_buf, margin_buf)
+                      &self.timers, out_buf, margin_buf, self.session)
                 steps += 1
         return steps
 

@@ -52,3 +52,24 @@ def decode_error(code: int, n_tokens: int) -> DecodeError:
     if code == -1:
         return InvalidBatchError(f"llama_decode: invalid batch of {n_tokens} tokens", code)
     return DecodeError(f"llama_decode failed with code {code} on a batch of {n_tokens} tokens", code)
+
+
+class InvalidConfigError(SpecError, ValueError):
+    """A SessionConfig (or session argument) is out of range; raised before anything reaches C."""
+
+
+class SessionInitError(SpecError):
+    """A speculative session could not be created; the message names the likely cause."""
+
+
+class SessionProcessError(SpecError):
+    """A speculative session failed to process a target batch or to draft."""
+
+
+class BadSeqIdError(SpecError, ValueError):
+    """A sequence id outside [0, n_seq) was passed to a session."""
+
+    def __init__(self, seq_id: int, n_seq: int):
+        super().__init__(f"seq_id must be in [0, {n_seq}), got {seq_id}")
+        self.seq_id = seq_id
+        self.n_seq = n_seq

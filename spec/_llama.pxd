@@ -111,6 +111,8 @@ cdef extern from "llama.h" nogil:
     uint32_t llama_n_batch(const llama_context* ctx)
     uint32_t llama_n_ubatch(const llama_context* ctx)
     uint32_t llama_n_seq_max(const llama_context* ctx)
+    # uint32_t llama_n_rs_seq(const struct llama_context * ctx); recurrent rollback depth (0: none)
+    uint32_t llama_n_rs_seq(const llama_context* ctx)
 
     const llama_model* llama_get_model(const llama_context* ctx)
     llama_memory_t llama_get_memory(const llama_context* ctx)
@@ -149,6 +151,17 @@ cdef extern from "llama.h" nogil:
     size_t llama_state_seq_get_data(llama_context* ctx, uint8_t* dst, size_t size, llama_seq_id seq_id)
     size_t llama_state_seq_set_data(llama_context* ctx, const uint8_t* src, size_t size,
                                     llama_seq_id dest_seq_id)
+
+    # #define LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY 1: only the state that cannot be rolled back by
+    # position (recurrent / SWA caches) -- what a speculative checkpoint needs.
+    int LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
+    ctypedef uint32_t llama_state_seq_flags
+    size_t llama_state_seq_get_size_ext(llama_context* ctx, llama_seq_id seq_id,
+                                        llama_state_seq_flags flags)
+    size_t llama_state_seq_get_data_ext(llama_context* ctx, uint8_t* dst, size_t size,
+                                        llama_seq_id seq_id, llama_state_seq_flags flags)
+    size_t llama_state_seq_set_data_ext(llama_context* ctx, const uint8_t* src, size_t size,
+                                        llama_seq_id dest_seq_id, llama_state_seq_flags flags)
 
     # struct llama_batch llama_batch_init(int32_t n_tokens, int32_t embd, int32_t n_seq_max);
     llama_batch llama_batch_init(int32_t n_tokens, int32_t embd, int32_t n_seq_max)

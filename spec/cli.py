@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--prompt-file", type=Path, help="file holding the prompt")
     _add_generation_options(gen)
+    gen.add_argument("--draft-model", type=Path, default=None,
+                     help="draft GGUF for --drafter draft / eagle3 / dflash")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     gen.add_argument("--trace", action="store_true",
                      help="with --json: add per-token top-1 minus top-2 logit margins")
@@ -114,8 +116,10 @@ def cmd_info(args) -> int:
 
 def _engine(args, drafter):
     from spec.engine import Engine
+    draft_model = getattr(args, "draft_model", None)
     return Engine(args.model, drafter=drafter, n_draft=getattr(args, "n_draft", "auto"),
-                  n_ctx=args.n_ctx, n_threads=args.threads)
+                  n_ctx=args.n_ctx, n_threads=args.threads,
+                  drafter_params={"draft_model": draft_model} if draft_model else None)
 
 
 def cmd_generate(args) -> int:

@@ -31,11 +31,48 @@ DRAFTERS = {
     "suffix": ("spec.ngram._suffix", "SuffixTree", {}),
 }
 LLAMA_PREFIX = "llama:"
+# Model-based drafters: sessions over llama.cpp's common_speculative (spec.sessions). "draft",
+# "eagle3" and "dflash" need drafter_params={"draft_model": PATH}; "mtp" uses the target's own
+# NextN head. drafter_params may also hold n_min, p_min and n_rs_seq (the target context's
+# recurrent rollback depth; 0 = checkpoint path on recurrent / hybrid targets).
+SESSION_DRAFTERS = {"draft": "DraftModelSession", "mtp": "MtpSession", "eagle3": "Eagle3Session",
+                    "dflash": "DFlashSession"}
+
+
+def _make_session(engine, kind, params):
+    from spec import sessions
+    draft_model = params.pop("draft_model", None)
+    n_min = int(params.pop("n_min", 0))
+    p_min = float(params.pop("p_min", 0.0))
+    if params:
+        raise TypeError(f"unknown drafter_params for {kind!r}: {', '.join(sorted(params))}")
+    ctx = engine.ctx
+    if kind == "mtp":
+        if draft_model is not None:
+            raise ValueError("the 'mtp' drafter uses the target's own head: no draft_model")
+        if not engine.model.n_layer_nextn:
+            raise sessions.SessionInitError(
+                f"model {engine.model.path!r} lacks MTP heads (no NextN layers): the 'mtp' "
+                f"drafter needs a model with nextn_predict_layers > 0")
+        if not engine.model.load_mtp:
+            raise sessions.SessionInitError(
+                "the 'mtp' drafter needs the model loaded with Model(path, load_mtp=True)")
+        draft_ctx = Context(engine.model, n_ctx=ctx.n_ctx, n_batch=ctx.n_batch,
+                            n_threads=engine._n_threads, n_seq_max=ctx.n_seq_max, ctx_type="mtp")
+    else:
+        if draft_model is None:
+            raise ValueError(f"the {kind!r} drafter needs drafter_params={{'draft_model': PATH}}")
+        dm = draft_model if isinstance(draft_model, Model) else Model(os.fspath(draft_model))
+        draft_ctx = Context(dm, n_ctx=ctx.n_ctx, n_batch=ctx.n_batch,
+                            n_threads=engine._n_threads, n_seq_max=ctx.n_seq_max)
+    engine.draft_ctx = draft_ctx
+    cls = getattr(sessions, SESSION_DRAFTERS[kind])
+    return cls(ctx, draft_ctx, ctx.n_seq_max, engine.n_draft, n_min=n_min, p_min=p_min)
 
 
 def drafter_names() -> list[str]:
     """Every name :func:`make_drafter` accepts (``none`` means plain decoding)."""
-    return ["none", *DRAFTERS, *(LLAMA_PREFIX + n for n in DRAFTERS if n.startswith("ngram"))]
+    return ["none", *DRAFTERS, *SESSION_DRAFTERS, *(LLAMA_PREFIX + n for n in DRAFTERS if n.startswith("ngram"))]
 
 
 def make_drafter(name: str, **params):
@@ -50,6 +87,10 @@ def make_drafter(name: str, **params):
             raise ValueError(f"unknown drafter {name!r}; known: {', '.join(drafter_names())}")
         from spec._upstream import LlamaDrafter
         return LlamaDrafter(kind, **{**DRAFTERS[kind][2], **params})
+    if name in SESSION_DRAFTERS:
+        raise ValueError(f"drafter {name!r} is a model-based session over a target context: "
+                         f"use Engine(model, drafter={name!r}, drafter_params=...) or "
+                         f"spec.sessions.{SESSION_DRAFTERS[name]}")
     if name not in DRAFTERS:
         raise ValueError(f"unknown drafter {name!r}; known: {', '.join(drafter_names())}")
     module, cls, defaults = DRAFTERS[name]
@@ -157,10 +198,12 @@ class Engine:
     def __init__(self, model, drafter="suffix", *, n_draft="auto", n_draft_max=16,
                  draft_cost=0.43, n_ctx=None, n_batch=512, n_threads=None, n_parallel=1,
                  drafter_params=None):
+        session_kind = drafter if isinstance(drafter, str) and drafter in SESSION_DRAFTERS else None
         if isinstance(model, Model):
             self.model = model
         else:
-            self.model = Model(_models.resolve(model))
+            # the MTP head is loaded only on request
+            self.model = Model(_models.resolve(model), load_mtp=session_kind == "mtp")
         if n_draft == "auto":
             self.auto_draft = True
             self.n_draft = int(n_draft_max)
@@ -174,7 +217,11 @@ class Engine:
         if not draft_cost >= 0:
             raise ValueError(f"draft_cost must be >= 0, got {draft_cost}")
         self.draft_cost = float(draft_cost)
-        if drafter is None or isinstance(drafter, str):
+        self.draft_ctx = None
+        session_params = dict(drafter_params or {})
+        if session_kind is not None:
+            self.drafter = None     # built below, once the target context exists
+        elif drafter is None or isinstance(drafter, str):
             self.drafter = make_drafter(drafter or "none", **(drafter_params or {}))
         else:
             from spec.ngram._base import Drafter
@@ -185,11 +232,16 @@ class Engine:
         self.drafter_name = drafter if isinstance(drafter, str) else type(drafter).__name__
         self._n_threads = n_threads
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
-                           n_seq_max=n_parallel)
+                           n_seq_max=n_parallel,
+                           n_rs_seq=int(session_params.pop("n_rs_seq", 0)) if session_kind else 0)
+        if session_kind is not None:
+            self.drafter = _make_session(self, session_kind, session_params)
         self._loops = {}
 
     def close(self):
         self.ctx.close()
+        if self.draft_ctx is not None:
+            self.draft_ctx.close()
 
     def __enter__(self):
         return self

@@ -164,3 +164,123 @@ def make_tiny_llama(path: str | os.PathLike, *, vocab: str | os.PathLike | None 
     writer.close()
     tmp.replace(path)
     return path
+
+
+def make_tiny_qwen35_mtp(path: str | os.PathLike, *, vocab: str | os.PathLike | None = None,
+                         n_trunk: int = 2, n_embd: int = 64, n_head: int = 4, n_head_kv: int = 2,
+                         head_dim: int = 16, n_ff: int = 128, ssm_state: int = 16,
+                         ssm_groups: int = 2, ssm_v_heads: int = 4, ssm_conv: int = 4,
+                         full_attn_interval: int = 2, seed: int = 0, mtp: bool = True) -> Path:
+    """Write a tiny random qwen35-architecture GGUF (hybrid: gated-delta-net recurrent layers
+    and attention layers) with one MTP (NextN) block, and return the path.
+
+    Trunk layer i is recurrent unless (i + 1) % full_attn_interval == 0. The NextN block (index
+    n_trunk) is an attention layer plus ``nextn.{eh_proj, enorm, hnorm, shared_head_norm}``;
+    llama.cpp falls back to token_embd / output for the optional NextN embedding and head.
+    ``mtp=False`` writes the trunk only (a model without MTP heads). Written with ``gguf``:
+    llama_model_save_to_file gets the per-layer arrays of hybrid MTP models wrong.
+    """
+    from gguf import GGUFValueType, GGUFWriter, LlamaFileType
+
+    vocab = Path(vocab) if vocab is not None else vocab_path()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    E, F, H, Hkv, D = n_embd, n_ff, n_head, n_head_kv, head_dim
+    S, G, R, K = ssm_state, ssm_groups, ssm_v_heads, ssm_conv
+    Kd, Vd = S * G, S * R
+    if D // 2 < 3:
+        raise ValueError(f"head_dim must be >= 6 (rope sections), got {D}")
+    sections = [D // 2 - 2 * (D // 6), D // 6, D // 6, 0]
+    n_mtp = 1 if mtp else 0
+    rng = np.random.default_rng(seed)
+    tmp = path.with_name(path.name + ".tmp")
+    w = GGUFWriter(str(tmp), "qwen35")
+    w.add_name(f"tiny-qwen35-mtp{n_mtp}-L{n_trunk}-E{E}-seed{seed}")
+    w.add_context_length(4096)
+    w.add_embedding_length(E)
+    w.add_block_count(n_trunk + n_mtp)
+    if n_mtp:
+        w.add_nextn_predict_layers(n_mtp)
+    w.add_feed_forward_length(F)
+    w.add_head_count(H)
+    w.add_head_count_kv(Hkv)
+    w.add_key_length(D)
+    w.add_value_length(D)
+    w.add_rope_dimension_count(D)
+    w.add_rope_dimension_sections(sections)
+    w.add_rope_freq_base(1e7)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_ssm_conv_kernel(K)
+    w.add_ssm_state_size(S)
+    w.add_ssm_group_count(G)
+    w.add_ssm_time_step_rank(R)
+    w.add_ssm_inner_size(Vd)
+    w.add_full_attention_interval(full_attn_interval)
+    w.add_file_type(LlamaFileType.ALL_F32)
+    n_vocab = 0
+    for key, vtype, sub, value in read_tokenizer_kv(vocab):
+        if vtype == _ARRAY_TYPE:
+            w.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=GGUFValueType(sub))
+            if key == "tokenizer.ggml.tokens":
+                n_vocab = len(value)
+        else:
+            w.add_key_value(key, value, GGUFValueType(vtype))
+    if not n_vocab:
+        raise ValueError(f"{vocab}: no tokenizer.ggml.tokens")
+    w.add_vocab_size(n_vocab)
+
+    def mat(name, shape, std=None):
+        std = 1.0 / np.sqrt(shape[1]) if std is None else std
+        w.add_tensor(name, rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+
+    def vec(name, n, value=1.0):
+        w.add_tensor(name, np.full((n,), value, dtype=np.float32))
+
+    def attn_block(i):
+        vec(f"blk.{i}.attn_norm.weight", E)
+        vec(f"blk.{i}.post_attention_norm.weight", E)
+        mat(f"blk.{i}.attn_q.weight", (2 * H * D, E))     # query + output gate per head
+        mat(f"blk.{i}.attn_k.weight", (Hkv * D, E))
+        mat(f"blk.{i}.attn_v.weight", (Hkv * D, E))
+        mat(f"blk.{i}.attn_output.weight", (E, H * D))
+        vec(f"blk.{i}.attn_q_norm.weight", D)
+        vec(f"blk.{i}.attn_k_norm.weight", D)
+
+    def ffn(i):
+        mat(f"blk.{i}.ffn_gate.weight", (F, E))
+        mat(f"blk.{i}.ffn_up.weight", (F, E))
+        mat(f"blk.{i}.ffn_down.weight", (E, F))
+
+    mat("token_embd.weight", (n_vocab, E), std=1.0)
+    vec("output_norm.weight", E)
+    mat("output.weight", (n_vocab, E), std=1.0)          # untied: a tied random model echoes
+    for i in range(n_trunk):
+        if (i + 1) % full_attn_interval != 0:             # gated delta net
+            vec(f"blk.{i}.attn_norm.weight", E)
+            vec(f"blk.{i}.post_attention_norm.weight", E)
+            mat(f"blk.{i}.attn_qkv.weight", (2 * Kd + Vd, E))
+            mat(f"blk.{i}.attn_gate.weight", (Vd, E))
+            mat(f"blk.{i}.ssm_conv1d.weight", (2 * Kd + Vd, K))   # F32: ssm_conv needs it
+            w.add_tensor(f"blk.{i}.ssm_dt.bias", rng.standard_normal((R,), dtype=np.float32) * np.float32(0.1))
+            w.add_tensor(f"blk.{i}.ssm_a", -np.exp(rng.uniform(0.0, np.log(16.0), (R,))).astype(np.float32))
+            mat(f"blk.{i}.ssm_beta.weight", (R, E))
+            mat(f"blk.{i}.ssm_alpha.weight", (R, E))
+            vec(f"blk.{i}.ssm_norm.weight", S)
+            mat(f"blk.{i}.ssm_out.weight", (E, Vd))
+        else:
+            attn_block(i)
+        ffn(i)
+    if n_mtp:
+        i = n_trunk
+        attn_block(i)
+        ffn(i)
+        mat(f"blk.{i}.nextn.eh_proj.weight", (E, 2 * E))
+        vec(f"blk.{i}.nextn.enorm.weight", E)
+        vec(f"blk.{i}.nextn.hnorm.weight", E)
+        vec(f"blk.{i}.nextn.shared_head_norm.weight", E)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.replace(path)
+    return path
