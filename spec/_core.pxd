@@ -43,7 +43,8 @@ cdef class Context:
     cdef readonly str ctx_type    # "default" or "mtp"
     cdef readonly int n_rs_seq    # recurrent rollback depth llama.cpp granted (0: none)
     cdef readonly bint recurrent  # the model has recurrent layers (recurrent or hybrid memory)
-    cdef int n_sessions           # live speculative sessions using this context (defer release)
+    cdef int n_sessions           # live sessions / contexts borrowing this one (defer release)
+    cdef readonly Context ctx_other  # the context this one reads (EAGLE-3 / MTP draft contexts)
     cdef vector[vector[uint8_t]] ckpts  # per-sequence checkpoint (recurrent state before a verify)
 
     cdef int check_open(self) except -1

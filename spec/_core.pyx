@@ -499,6 +499,10 @@ cdef class Context:
         self.batch_capacity = self.n_batch
         self.seed = seed
         self.ctx_type = ctx_type
+        if ctx_other is not None:
+            # the draft context reads the other's state: keep it alive until this one goes
+            self.ctx_other = ctx_other
+            ctx_other.n_sessions += 1
         self.n_rs_seq = llama_n_rs_seq(self.ptr)
         self.recurrent = llama_model_is_recurrent(model.ptr) or llama_model_is_hybrid(model.ptr)
         self.ckpts.resize(self.n_seq_max)
@@ -515,6 +519,11 @@ cdef class Context:
                 self.batch_capacity = 0
             if self.model is not None:
                 self.model.release()
+            if self.ctx_other is not None:
+                self.ctx_other.n_sessions -= 1
+                if self.ctx_other.closed and self.ctx_other.n_sessions == 0 and \
+                        self.ctx_other.n_views == 0:
+                    self.ctx_other.release()
 
     def close(self):
         """Release the context; it is freed once no logits view points into it."""

@@ -63,8 +63,10 @@ def _make_session(engine, kind, params):
         if draft_model is None:
             raise ValueError(f"the {kind!r} drafter needs drafter_params={{'draft_model': PATH}}")
         dm = draft_model if isinstance(draft_model, Model) else Model(os.fspath(draft_model))
+        # EAGLE-3 / DFlash draft contexts read the target context (llama.cpp's ctx_other)
         draft_ctx = Context(dm, n_ctx=ctx.n_ctx, n_batch=ctx.n_batch,
-                            n_threads=engine._n_threads, n_seq_max=ctx.n_seq_max)
+                            n_threads=engine._n_threads, n_seq_max=ctx.n_seq_max,
+                            ctx_other=ctx if kind in ("eagle3", "dflash") else None)
     engine.draft_ctx = draft_ctx
     cls = getattr(sessions, SESSION_DRAFTERS[kind])
     return cls(ctx, draft_ctx, ctx.n_seq_max, engine.n_draft, n_min=n_min, p_min=p_min)

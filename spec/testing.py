@@ -284,3 +284,79 @@ def make_tiny_qwen35_mtp(path: str | os.PathLike, *, vocab: str | os.PathLike | 
     w.close()
     tmp.replace(path)
     return path
+
+
+def make_tiny_eagle3(path: str | os.PathLike, *, n_embd_target: int = 64,
+                     vocab: str | os.PathLike | None = None, target_layers=(0, 1, 2),
+                     n_embd: int = 64, n_head: int = 2, n_ff: int = 128, seed: int = 0,
+                     std: float = 0.1) -> Path:
+    """Write a tiny random 1-layer EAGLE-3 draft GGUF for a llama target of width
+    ``n_embd_target`` with at least max(target_layers)+1 layers, and return the path.
+
+    Layout: ``fc`` (3·n_embd_target → n_embd) fuses the three target layers' hidden states;
+    one decoder block whose attention reads [token embedding, hidden] (2·n_embd wide);
+    ``output_norm`` and an untied ``output`` head. The token embedding is the target's
+    (optional tensor omitted). Metadata ``eagle3.target_layers`` (exactly 3) and
+    ``eagle3.target_hidden_size``.
+    """
+    from gguf import GGUFValueType, GGUFWriter
+
+    if len(target_layers) != 3:
+        raise ValueError(f"EAGLE-3 reads exactly 3 target layers, got {target_layers!r}")
+    if n_embd % n_head:
+        raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+    vocab = Path(vocab) if vocab is not None else vocab_path()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    E, F, H = n_embd, n_ff, n_head
+    D = E // H
+    rng = np.random.default_rng(seed)
+    tmp = path.with_name(path.name + ".tmp")
+    w = GGUFWriter(str(tmp), "eagle3")
+    w.add_name(f"tiny-eagle3-E{E}-seed{seed}")
+    w.add_block_count(1)
+    w.add_context_length(4096)
+    w.add_embedding_length(E)
+    w.add_feed_forward_length(F)
+    w.add_head_count(H)
+    w.add_head_count_kv(H)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(D)
+    w.add_key_value("eagle3.target_layers", [int(i) for i in target_layers], GGUFValueType.ARRAY,
+                    sub_type=GGUFValueType.INT32)
+    w.add_key_value("eagle3.target_hidden_size", int(n_embd_target), GGUFValueType.UINT32)
+    n_vocab = 0
+    for key, vtype, sub, value in read_tokenizer_kv(vocab):
+        if vtype == _ARRAY_TYPE:
+            w.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=GGUFValueType(sub))
+            if key == "tokenizer.ggml.tokens":
+                n_vocab = len(value)
+        else:
+            w.add_key_value(key, value, GGUFValueType(vtype))
+    if not n_vocab:
+        raise ValueError(f"{vocab}: no tokenizer.ggml.tokens")
+    w.add_vocab_size(n_vocab)
+
+    def t(name, rows, cols=None):     # numpy shape (rows, cols) = ggml (cols, rows)
+        shape = (rows,) if cols is None else (rows, cols)
+        w.add_tensor(name, rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+
+    t("fc.weight", E, 3 * n_embd_target)
+    t("output_norm.weight", E)
+    t("output.weight", n_vocab, E)
+    t("blk.0.attn_norm.weight", E)
+    t("blk.0.attn_norm_2.weight", E)
+    t("blk.0.attn_q.weight", H * D, 2 * E)
+    t("blk.0.attn_k.weight", H * D, 2 * E)
+    t("blk.0.attn_v.weight", H * D, 2 * E)
+    t("blk.0.attn_output.weight", E, H * D)
+    t("blk.0.ffn_norm.weight", E)
+    t("blk.0.ffn_gate.weight", F, E)
+    t("blk.0.ffn_up.weight", F, E)
+    t("blk.0.ffn_down.weight", E, F)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.replace(path)
+    return path

@@ -4,7 +4,9 @@ Draft-model pairs: a target and a noisy copy of it (same vocabulary): real accep
 equal to plain greedy. MTP: a tiny qwen35 (hybrid: gated-delta-net + attention) model with one
 NextN block, through both recurrent paths (checkpoint/replay and n_rs_seq rollback): random heads
 accept nothing, so the tests check drafts were made, stats count them and the output is the
-plain greedy one.
+plain greedy one. EAGLE-3: a 4-layer llama target and a random 1-layer eagle3 draft, the same
+checks. DFlash: no tiny DFlash draft is synthesized yet (its architecture and metadata were not
+reproduced here), so only its init checks are tested.
 """
 from __future__ import annotations
 
@@ -253,3 +255,43 @@ def test_mtp_needs_loaded_heads_and_mtp_context(mtp_path):
     ct, cd = Context(m2, n_ctx=128), Context(m2, n_ctx=128)
     with pytest.raises(SessionInitError, match="wrong type"):
         MtpSession(ct, cd, 1, 3)
+
+
+# -- EAGLE-3 (4-layer llama target + 1-layer eagle3 draft) -------------------------------------
+
+@pytest.fixture(scope="module")
+def eagle3_pair(tmp_path_factory, vocab_path):
+    d = tmp_path_factory.mktemp("eagle3")
+    vocab = vocab_path("llama-spm")
+    tgt = spec.testing.make_tiny_llama(d / "tgt4.gguf", vocab=vocab, seed=2, n_layer=4)
+    dft = spec.testing.make_tiny_eagle3(d / "e3.gguf", n_embd_target=64, vocab=vocab)
+    return tgt, dft
+
+
+def test_eagle3_engine(eagle3_pair):
+    tgt, dft = eagle3_pair
+    with Engine(tgt, drafter=None, n_ctx=256) as e:
+        plain = e.generate(PROMPT, max_tokens=24, trace=True)
+    with Engine(tgt, drafter="eagle3", n_draft=3, n_ctx=256,
+                drafter_params={"draft_model": dft}) as e:
+        assert e.drafter.need_embd() and not e.drafter.need_embd_pre_norm()
+        assert e.draft_ctx.ctx_other is e.ctx
+        r = e.generate(PROMPT, max_tokens=24)
+        st = e.drafter.stats()
+    assert_lossless(plain, r)
+    assert r.stats.n_drafted > 0 and st["drafted"] == r.stats.n_drafted
+    assert st["accepted"] == r.stats.n_accepted
+    assert st["process_calls"] == 1 + r.stats.n_steps
+
+
+def test_eagle3_and_dflash_refuse_other_models(eagle3_pair, pair):
+    tgt, _ = eagle3_pair
+    ct = Context(Model(tgt), n_ctx=128)
+    not_eagle = Context(Model(pair[1]), n_ctx=128)
+    with pytest.raises(SessionInitError, match="not an EAGLE-3 model"):
+        spec.Eagle3Session(ct, not_eagle, 1, 3)
+    # No DFlash draft is synthesized (see the module notes): its init checks still must hold.
+    with pytest.raises(SessionInitError, match="not a DFlash model"):
+        spec.DFlashSession(ct, not_eagle, 1, 3)
+    with pytest.raises(ValueError, match="draft_model"):
+        Engine(tgt, drafter="dflash", n_ctx=128)
