@@ -295,3 +295,17 @@ def test_eagle3_and_dflash_refuse_other_models(eagle3_pair, pair):
         spec.DFlashSession(ct, not_eagle, 1, 3)
     with pytest.raises(ValueError, match="draft_model"):
         Engine(tgt, drafter="dflash", n_ctx=128)
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+
+def test_cli_draft_model(pair, capsys):
+    import json
+    from spec.cli import main
+    tgt, dft = pair
+    rc = main(["generate", "--model", str(tgt), "--n-ctx", "256", "--prompt", PROMPT,
+               "--drafter", "draft", "--draft-model", str(dft), "--n-draft", "4",
+               "--max-tokens", "16", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["drafter"] == "draft" and out["accept_rate"] > 0.5, out
