@@ -16,6 +16,7 @@ from libc.stdlib cimport free, malloc
 
 from spec._llama cimport *
 from spec._typedefs cimport pos_t, seq_t, token_t
+from spec._verify cimport argmax
 from spec._errors import (ClosedError, ContextError, ContextOverflowError, ModelLoadError,
                           SpecError, decode_error)
 
@@ -741,7 +742,7 @@ cdef class Context:
         cdef int n_out = 0
         cdef token_t tok
         while n_out < max_tokens:
-            tok = _argmax(self.logits_row(-1), self.n_vocab)
+            tok = argmax(self.logits_row(-1), self.n_vocab)   # vectorized
             if stop_at_eog and llama_vocab_is_eog(self.model.vocab, tok):
                 break
             out[n_out] = tok
@@ -758,16 +759,6 @@ cdef class Context:
         if self.closed:
             return "Context(closed)"
         return f"Context(n_ctx={self.n_ctx}, n_batch={self.n_batch}, n_seq_max={self.n_seq_max})"
-
-
-cdef inline token_t _argmax(const float* row, int n) noexcept nogil:
-    cdef int i, best = 0
-    cdef float v = row[0]
-    for i in range(1, n):
-        if row[i] > v:
-            v = row[i]
-            best = i
-    return best
 
 
 include "_sessions.pxi"

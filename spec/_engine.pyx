@@ -42,6 +42,9 @@ cdef struct SeqState:
     int max_tokens
     pos_t n_past            # tokens in the KV memory (positions 0 .. n_past-1)
     bint done
+    bint prefilling         # its prompt is being decoded chunk by chunk inside the steps
+    int n_prefill_rows      # prompt tokens in the current step's batch
+    double prefill_s        # time of its prompt's decodes (its share of shared batches)
     token_t* draft          # [n_draft_max] the current step's draft
     int n_draft             # its length
     int batch_start         # index of this sequence's first row in the step's batch
@@ -117,6 +120,10 @@ cdef inline double expected_tokens(double alpha, int k) noexcept nogil:
     return (1.0 - pow(alpha, k + 1)) / (1.0 - alpha) if alpha < 1.0 else k + 1.0
 
 
+cdef inline bint _generating(const SeqState* s) noexcept nogil:
+    return not s.done and not s.prefilling
+
+
 cdef void choose_lengths(SeqState** seqs, int n_seqs, const EngineConfig* cfg,
                          const CostModel* cost, int* lengths) noexcept nogil:
     """Draft lengths maximizing the step's throughput Σ E_i(k_i) / (a + b·Σ(1 + k_i)).
@@ -130,7 +137,7 @@ cdef void choose_lengths(SeqState** seqs, int n_seqs, const EngineConfig* cfg,
     cdef double rate, value, best, total_e
     cdef SeqState* s
     for i in range(n_seqs):
-        n_active += not seqs[i].done
+        n_active += _generating(seqs[i])
         lengths[i] = 0
     if n_active == 0:
         return
@@ -140,7 +147,7 @@ cdef void choose_lengths(SeqState** seqs, int n_seqs, const EngineConfig* cfg,
         rows = 0
         for i in range(n_seqs):
             s = seqs[i]
-            if s.done:
+            if not _generating(s):
                 continue
             best = 1.0
             best_k = 0
@@ -155,7 +162,7 @@ cdef void choose_lengths(SeqState** seqs, int n_seqs, const EngineConfig* cfg,
         rate = total_e / (cost.a + cost.b * rows)
     for i in range(n_seqs):
         s = seqs[i]
-        if s.done or lengths[i] > 0:
+        if not _generating(s) or lengths[i] > 0:
             continue
         s.steps_since_probe += 1
         if s.steps_since_probe >= 16:
@@ -182,6 +189,19 @@ cdef int _emit(SeqState* s, const token_t* toks, int n, const float* margins_src
         s.done = True
     return 0
 
+
+
+cdef void _first_token(SeqState* s, const float* logits, const EngineConfig* cfg,
+                       Workspace* ws) noexcept nogil:
+    """Sample the token that follows the prompt (from its last prompt position's logits)."""
+    cdef token_t first
+    cdef float margin = 0
+    if s.done:
+        return
+    first = sample_token(logits, cfg.n_vocab, &s.sampler, &s.rng, ws)
+    if s.margins != NULL:
+        margin = top2_margin(logits, cfg.n_vocab, NULL)
+    _emit(s, &first, 1, &margin, cfg.is_eog)
 
 
 cdef int _replay(Context ctx, Session session, SeqState** seqs, int n_seqs) except -1 nogil:
@@ -213,7 +233,8 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     """One draft → verify → accept step over every active sequence in seqs (session: the
     drafter again when it is a model-based session, fed after every decode; else None)."""
     cdef SeqState* s
-    cdef int i, j, k, n_acc, n_rows, n_budget
+    cdef int i, j, k, n_acc, n_rows, n_verify_rows, n_budget, n_generating = 0, row_cap
+    cdef double seconds
     cdef bint any_replay = False
     cdef int64_t t0, t1, t2
     cdef const float* row0
@@ -222,25 +243,29 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     if cfg.auto_draft and drafter is not None:
         choose_lengths(seqs, n_seqs, cfg, cost, lengths)
     for i in range(n_seqs):
+        n_generating += _generating(seqs[i])
+    row_cap = ctx.n_batch // max(n_generating, 1) - 1    # the verify batch fits n_batch
+    for i in range(n_seqs):
         s = seqs[i]
         s.n_draft = 0
-        if s.done or drafter is None or cfg.n_draft_max == 0:
+        if not _generating(s) or drafter is None or cfg.n_draft_max == 0:
             continue
         k = lengths[i] if cfg.auto_draft else cfg.n_draft_max
         n_budget = s.max_tokens - s.n_generated   # the step emits up to k + 1 tokens
-        k = min(k, n_budget - 1, ctx.n_ctx - s.n_past - 1)
+        k = min(k, n_budget - 1, ctx.n_ctx - s.n_past - 1, row_cap)
         if k > 0:
             s.n_draft = <int> drafter.draft_seq(
                 s.seq, s.tokens, s.n_prompt + s.n_generated - 1,
                 s.tokens[s.n_prompt + s.n_generated - 1], k, s.draft)
     t1 = llama_time_us()
     timers.draft_s += (t1 - t0) * 1e-6
-    # 2. one batch: [id_last, draft...] per sequence, logits at every position
+    # 2. one batch: [id_last, draft...] per sequence, logits at every position; then prompt
+    # chunks of sequences still prefilling, in the rows left (logits at a prompt's last token)
     ctx.batch_clear()
     n_rows = 0
     for i in range(n_seqs):
         s = seqs[i]
-        if s.done:
+        if not _generating(s):
             continue
         s.batch_start = n_rows
         if cfg.checkpoint and s.n_draft > 0:
@@ -249,18 +274,44 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
         for j in range(s.n_draft):
             ctx.batch_add(s.draft[j], s.n_past + 1 + j, s.seq, True)
         n_rows += 1 + s.n_draft
+    n_verify_rows = n_rows
+    for i in range(n_seqs):
+        s = seqs[i]
+        s.n_prefill_rows = 0
+        if s.done or not s.prefilling or n_rows >= ctx.n_batch:
+            continue
+        s.batch_start = n_rows
+        s.n_prefill_rows = min(s.n_prompt - s.n_past, ctx.n_batch - n_rows)
+        for j in range(s.n_prefill_rows):
+            ctx.batch_add(s.tokens[s.n_past + j], s.n_past + j, s.seq,
+                          s.n_past + j == s.n_prompt - 1)
+        n_rows += s.n_prefill_rows
     if n_rows == 0:
         return 0
     ctx.batch_decode()
     if session is not None:
         session.after_decode()
     t2 = llama_time_us()
-    timers.verify_s += (t2 - t1) * 1e-6
-    cost_update(cost, n_rows, (t2 - t1) * 1e-6)
-    # 3. verify each slice, roll back rejected positions, tell the drafter
+    seconds = (t2 - t1) * 1e-6
+    timers.verify_s += seconds * n_verify_rows / n_rows
+    cost_update(cost, n_rows, seconds)
+    # 3. prompts whose last chunk was decoded: sample the first token, begin in the drafter
     for i in range(n_seqs):
         s = seqs[i]
-        if s.done:
+        if s.n_prefill_rows == 0:
+            continue
+        s.prefill_s += seconds * s.n_prefill_rows / n_rows
+        s.n_past += s.n_prefill_rows
+        if s.n_past == s.n_prompt:
+            s.prefilling = False
+            _first_token(s, ctx.logits_row(s.batch_start + s.n_prefill_rows - 1), cfg, ws)
+            if drafter is not None:
+                drafter.begin_seq(s.seq, s.tokens, s.n_prompt)
+        s.n_prefill_rows = 0
+    # 4. verify each slice, roll back rejected positions, tell the drafter
+    for i in range(n_seqs):
+        s = seqs[i]
+        if s.done or s.batch_start >= n_verify_rows or s.prefilling:
             continue
         row0 = ctx.logits_row(s.batch_start)
         if s.sampler.temperature <= 0:
@@ -319,7 +370,6 @@ cdef class Sequence:
     """Buffers and C state of one generation (a request) inside the engine loop."""
     cdef SeqState state
     cdef object tokens_arr, draft_arr, margins_arr, hist_arr, acc_pos_arr, draft_pos_arr
-    cdef readonly double prefill_s
 
     def __init__(self, int seq, prompt, int max_tokens, int n_draft_max, *, double temperature=0.0,
                  int top_k=0, double top_p=1.0, double min_p=0.0, uint64_t seed=0,
@@ -367,6 +417,16 @@ cdef class Sequence:
     @property
     def n_generated(self):
         return self.state.n_generated
+
+    @property
+    def prefilling(self):
+        """True while its prompt is still being decoded inside the loop's steps."""
+        return bool(self.state.prefilling)
+
+    @property
+    def prefill_s(self):
+        """Seconds spent decoding its prompt (its row share of batches shared with others)."""
+        return self.state.prefill_s
 
     @property
     def tokens(self):
@@ -450,14 +510,18 @@ cdef class Loop:
     def reset_timers(self):
         memset(&self.timers, 0, sizeof(Timers))
 
-    def start(self, Sequence sq not None):
+    def start(self, Sequence sq not None, bint interleave=False):
         """Prefill the sequence's prompt (its KV memory is cleared first), sample its first
-        token and begin it in the drafter."""
+        token and begin it in the drafter.
+
+        With ``interleave`` the prompt is not decoded here: :meth:`run`'s steps decode it in
+        chunks, in the batch rows the other sequences' tokens and drafts leave free (up to
+        n_batch), so running sequences keep generating while it prefills. Model-based sessions
+        always prefill here (they process the prompt decodes on their own).
+        """
         cdef SeqState* s = &sq.state
         cdef Context ctx = self.ctx
         cdef int64_t t0, t1
-        cdef token_t first
-        cdef float margin = 0
         cdef int i, n
         if s.n_prompt + s.max_tokens > ctx.n_ctx:
             from spec._errors import ContextOverflowError
@@ -466,6 +530,12 @@ cdef class Loop:
                 f"window n_ctx={ctx.n_ctx}")
         if self.drafter is not None:
             self.drafter.reserve_seqs(s.seq + 1)
+        s.prefill_s = 0
+        if interleave and self.session is None and s.n_prompt > 0 and not s.done:
+            ctx.seq_rm(s.seq, -1, -1)
+            s.n_past = 0
+            s.prefilling = True
+            return
         with nogil:
             ctx.seq_rm(s.seq, -1, -1)
             t0 = llama_time_us()
@@ -481,14 +551,10 @@ cdef class Loop:
                     i += n
             t1 = llama_time_us()
             s.n_past = s.n_prompt
-            if not s.done:
-                first = sample_token(ctx.logits_row(-1), self.cfg.n_vocab, &s.sampler, &s.rng, &self.ws)
-                if s.margins != NULL:
-                    margin = top2_margin(ctx.logits_row(-1), self.cfg.n_vocab, NULL)
-                _emit(s, &first, 1, &margin, self.cfg.is_eog)
+            _first_token(s, ctx.logits_row(-1), &self.cfg, &self.ws)
             if self.drafter is not None:
                 self.drafter.begin_seq(s.seq, s.tokens, s.n_prompt)
-        sq.prefill_s = (t1 - t0) * 1e-6
+        s.prefill_s = (t1 - t0) * 1e-6
 
     def run(self, list sequences, int max_steps=-1, bint until_one_done=False):
         """Run steps until every sequence is done, or max_steps steps ran, or (with

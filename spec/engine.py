@@ -387,6 +387,9 @@ class Engine:
     def _batch_context(self, n_parallel: int) -> None:
         if n_parallel <= 0:
             raise ValueError(f"n_parallel must be > 0, got {n_parallel}")
+        if n_parallel > self.ctx.n_batch:
+            raise ValueError(f"n_parallel={n_parallel} exceeds n_batch={self.ctx.n_batch}: every "
+                             f"step decodes one row per sequence in one batch")
         if self.ctx.n_seq_max < n_parallel:
             n_ctx, n_batch = self.ctx.n_ctx, self.ctx.n_batch
             self.ctx.close()
@@ -403,7 +406,8 @@ class Engine:
         per-request ``max_tokens``, ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``seed``,
         ``stop``. Requests are validated before anything is generated. Every step decodes one
         batch holding each active sequence's last token and draft; a finished sequence's slot
-        takes the next request (its prompt is prefilled in its own decode calls). The drafter's
+        takes the next request, whose prompt is prefilled in chunks riding in the same batches
+        (the rows the running sequences leave free, up to n_batch). The drafter's
         per-sequence state is reset for each request; what it learns across requests (the suffix
         tree's global tree) is kept.
         """
@@ -459,7 +463,7 @@ class Engine:
                 n_free_cells -= cells
                 slot = free_slots.pop()
                 sq.set_seq_id(slot)
-                loop.start(sq)
+                loop.start(sq, interleave=True)
                 active[slot] = (i, req, sq, time.perf_counter())
             seqs = [entry[2] for entry in active.values()]
             loop.run(seqs, 1 if any_stop else -1, until_one_done=True)

@@ -403,3 +403,43 @@ def test_a_second_job_on_the_same_output_is_refused(tiny_model_path, tmp_path, c
         assert out.read_bytes() == b""
     code, summary, _ = batch_cli(capsys, tiny_model_path, inp, out)   # lock released: runs
     assert code == 0 and summary["done"] == 1
+
+
+def test_prompts_longer_than_the_batch_prefill_in_chunks_between_steps(bigram_model_path,
+                                                                        reference):
+    """n_batch=16: long prompts are prefilled 16 rows at a time in the steps' free rows, while
+    running sequences keep generating, and drafts shrink to fit the batch; outputs unchanged."""
+    with Engine(str(bigram_model_path), drafter="ngram-simple", n_draft=N_DRAFT, n_ctx=N_CTX,
+                n_batch=16, n_threads=THREADS) as engine:
+        assert max(len(engine.model.tokenize(p)) for p in PROMPTS) > 16, "no prompt is chunked"
+        results = engine.generate_batch(PROMPTS, n_parallel=3, max_tokens=MAX_TOKENS)
+        with pytest.raises(ValueError, match="n_batch"):
+            engine.generate_batch(PROMPTS, n_parallel=17)
+    for i, r in enumerate(results):
+        assert r.tokens.tolist() == reference[f"p{i}"][1], f"p{i}"
+    assert sum(r.stats.n_accepted for r in results) > 0
+
+
+def test_a_new_prompt_prefills_while_running_sequences_generate(bigram_model_path):
+    from spec._engine import Loop, Sequence
+    with Engine(str(bigram_model_path), drafter=None, n_ctx=N_CTX, n_batch=16, n_parallel=2,
+                n_threads=THREADS) as engine:
+        tokenize = engine.model.tokenize
+        running = Sequence(0, tokenize(PROMPTS[0]), 40, 0)
+        long_prompt = PROMPTS[-1] + " " + PROMPTS[-2]
+        joining = Sequence(1, tokenize(long_prompt), 40, 0)
+        n_steps = -(-joining.n_prompt // 15)     # 15 prompt rows per step beside 1 running row
+        assert n_steps >= 2, "the prompt fits one step: chunking is not exercised"
+        loop = Loop(engine.ctx)
+        loop.start(running)
+        loop.start(joining, interleave=True)
+        assert joining.prefilling and joining.n_generated == 0
+        loop.run([running, joining], max_steps=n_steps - 1)
+        assert running.n_generated == n_steps and joining.prefilling
+        loop.run([running, joining], max_steps=1)
+        assert running.n_generated == n_steps + 1
+        assert not joining.prefilling and joining.n_generated == 1
+        assert joining.prefill_s > 0
+        loop.run([running, joining])
+        single = engine.generate(long_prompt, max_tokens=40)
+        assert joining.tokens.tolist() == single.tokens.tolist()
