@@ -62,8 +62,13 @@ def lossless(d: dict) -> str:
     for name, r in d["drafters"].items():
         rows.append(f"| {name} | {r['runs']} | {r['diverged']} | "
                     f"{r['max_margin_at_divergence']:.3f} | {r['accepted']} |")
+    noise = d["batch_shape_noise"]
     rows += ["", f"{d['n_gen']} new tokens per run, draft length {d['n_draft']}; plain greedy with "
-             f"a trace is the reference. " + _machine(d)]
+             f"a trace is the reference. Batch-shape noise, measured by re-decoding the plain "
+             f"continuations in batches of {noise['rows_per_batch']} rows: top-two margins move by "
+             f"up to {noise['max_margin_shift']:.3f} (median {noise['median_margin_shift']:.4f}) "
+             f"over {noise['positions']} positions, flipping {noise['greedy_flips']} greedy "
+             f"tokens; every divergence above is within that bound. " + _machine(d)]
     return "\n".join(rows)
 
 
@@ -79,12 +84,35 @@ def batch(d: dict) -> str:
     return "\n".join(rows)
 
 
+def sessions(d: dict) -> str:
+    rows = ["| session | spec tok/s | llama.cpp tok/s | spec / llama-speculative-simple | "
+            "accept rate spec | accept rate llama.cpp |", "|---|---|---|---|---|---|"]
+    for name, r in d["types"].items():
+        rows.append(f"| {name} | {r['spec_tok_s']:.1f} | {r['llama_tok_s']:.1f} | "
+                    f"{r['ratio_ours_over_theirs']:.3f} | {100 * r['accept_rate_ours']:.0f} % | "
+                    f"{100 * r['accept_rate_theirs']:.0f} % |")
+    rows += ["", f"{d['models']}. Draft length {d['n_draft']}, {d['n_gen']} new tokens, median "
+             f"of {d['rounds']} rounds. " + _machine(d)]
+    return "\n".join(rows)
+
+
+def sessions_speedup(d: dict) -> str:
+    return "\n".join([
+        "| plain tok/s | draft-model tok/s | speedup | accept rate |", "|---|---|---|---|",
+        f"| {d['plain_tok_s']:.1f} | {d['draft_tok_s']:.1f} | **{d['speedup']:.2f}x** | "
+        f"{100 * d['accept_rate']:.0f} % |",
+        "", f"{d['models']}; draft length {d['n_draft']}, {d['n_gen']} new tokens, median of "
+        f"{d['rounds']} rounds. " + _machine(d)])
+
+
 SECTIONS = [("plain_decode", "Plain decoding vs llama.cpp", plain_decode),
             ("end_to_end", "End to end: drafters vs plain decoding", end_to_end),
             ("side_by_side", "Side by side with llama-speculative-simple", side_by_side),
             ("lossless_report", "Greedy losslessness on the default model", lossless),
             ("batch_code", "Batch generation, code prompts", batch),
-            ("batch_chat", "Batch generation, chat prompts", batch)]
+            ("batch_chat", "Batch generation, chat prompts", batch),
+            ("sessions_side_by_side", "Model-based sessions vs llama-speculative-simple", sessions),
+            ("sessions_speedup", "Draft-model speedup on a synthesized pair", sessions_speedup)]
 
 
 def main() -> int:

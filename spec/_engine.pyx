@@ -294,7 +294,10 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     t2 = llama_time_us()
     seconds = (t2 - t1) * 1e-6
     timers.verify_s += seconds * n_verify_rows / n_rows
-    cost_update(cost, n_rows, seconds)
+    if n_rows == n_verify_rows:
+        # The model is of verify batches (logits at every row); prompt rows without logits cost
+        # far less (the output layer dominates small models) and would bias it low.
+        cost_update(cost, n_rows, seconds)
     # 3. prompts whose last chunk was decoded: sample the first token, begin in the drafter
     for i in range(n_seqs):
         s = seqs[i]
@@ -530,6 +533,7 @@ cdef class Loop:
                 f"window n_ctx={ctx.n_ctx}")
         if self.drafter is not None:
             self.drafter.reserve_seqs(s.seq + 1)
+            self.drafter.reset_seq(s.seq)     # a new request: nothing carries over per sequence
         s.prefill_s = 0
         if interleave and self.session is None and s.n_prompt > 0 and not s.done:
             ctx.seq_rm(s.seq, -1, -1)

@@ -8,6 +8,10 @@
 #                                yet decoded. Writes up to n_max tokens to out and returns how many.
 #   accept_seq(seq, n_accepted)  after verification: how many of the last draft were accepted
 #   end_seq(seq, output)         the generation finished; output = the generated tokens
+#   reset_seq(seq)               before begin_seq of an unrelated generation (the engine's
+#                                requests): drop the sequence's state. begin_seq alone keeps
+#                                llama.cpp's semantics (state kept for a prompt that extends the
+#                                last one, as its server reuses a slot's cached prefix).
 # The c-level methods assume valid arguments (the Python wrappers and the engine check them).
 cimport numpy as cnp
 
@@ -30,6 +34,7 @@ cdef class Drafter:
                               token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil
     cdef int accept_seq(self, int seq, Py_ssize_t n_accepted) except -1 nogil
     cdef int end_seq(self, int seq, const token_t* output, Py_ssize_t n_output) except -1 nogil
+    cdef int reset_seq(self, int seq) except -1
 
     # Hooks for subclasses (the public c-level methods above do the bookkeeping, then call these).
     cdef int _reserve(self, int n_seq) except -1
@@ -38,3 +43,4 @@ cdef class Drafter:
                            token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil
     cdef int _accept(self, int seq, Py_ssize_t n_accepted) except -1 nogil
     cdef int _end(self, int seq, const token_t* output, Py_ssize_t n_output) except -1 nogil
+    cdef int _reset_seq(self, int seq) except -1

@@ -113,6 +113,10 @@ cdef class Drafter:
         self.begun[seq] = 0
         return self._end(seq, output, n_output)
 
+    cdef int reset_seq(self, int seq) except -1:
+        self.begun[seq] = 0
+        return self._reset_seq(seq)
+
     cdef int _reserve(self, int n_seq) except -1:
         return 0
 
@@ -128,6 +132,9 @@ cdef class Drafter:
 
     cdef int _end(self, int seq, const token_t* output, Py_ssize_t n_output) except -1 nogil:
         return 0
+
+    cdef int _reset_seq(self, int seq) except -1:
+        return 0      # drafters whose begin already starts afresh (or that keep no state)
 
     # -- Python level --------------------------------------------------------------------------
 

@@ -627,6 +627,12 @@ cdef class NgramCache(Drafter):
         self.seqs = grown
         return 0
 
+    cdef int _reset_seq(self, int seq) except -1:
+        # The context cache only ever grows with the history; a new one starts it over.
+        cache_clear(&self.seqs[seq].context)
+        self.seqs[seq].cache_size = 0
+        return 0
+
     cdef Py_ssize_t _draft(self, int seq, const token_t* history, Py_ssize_t n_history,
                            token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil:
         cdef CacheSeq* s = &self.seqs[seq]

@@ -49,6 +49,7 @@ cdef class NgramMap(Drafter):
     cdef vector[SeqMap] maps          # one per sequence id
 
     cdef int _init_params(self, object size_n, object size_m, object min_hits, bint key_only) except -1
+    cdef int _reset_seq(self, int seq) except -1
 
 
 cdef class NgramMapK(NgramMap):

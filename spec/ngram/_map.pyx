@@ -350,6 +350,10 @@ cdef class NgramMap(Drafter):
             reset_map(&self.maps[s], self.size_n)
         return 0
 
+    cdef int _reset_seq(self, int seq) except -1:
+        # Keys and acceptance caps point into the previous history: meaningless for a new one.
+        return reset_map(&self.maps[seq], self.size_n)
+
     cdef int _begin(self, int seq, const token_t* prompt, Py_ssize_t n_prompt) except -1 nogil:
         map_begin(&self.maps[seq], n_prompt, self.size_n, self.size_m, self.key_only)
         return 0
