@@ -106,8 +106,12 @@ cdef void cost_update(CostModel* m, int n_rows, double seconds) noexcept nogil:
     m.t2 = decay * m.t2 + x * seconds
     m.n_samples += 1
     det = m.s0 * m.s2 - m.s1 * m.s1
-    if m.n_samples < 8 or det < 1e-6 * m.s0 * m.s0:
-        return                  # batch sizes have not varied enough to separate a from b
+    # det / s0² is the weighted variance of the batch sizes. Below one row², a and b cannot be
+    # told apart: when drafting stops, every batch has one row per sequence plus rare probes,
+    # and one slow probe would fit a ≈ 0 with a steep b — "drafts never pay" — a trap the
+    # engine could not leave. Keep the last fit (or the prior) until sizes vary again.
+    if m.n_samples < 8 or det < m.s0 * m.s0:
+        return
     b = (m.s0 * m.t2 - m.s1 * m.t1) / det
     a = (m.t1 - b * m.s1) / m.s0
     if b > 0 and a >= 0:
