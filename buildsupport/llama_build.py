@@ -179,19 +179,38 @@ def _ensure_built_locked(targets: tuple[str, ...]) -> LlamaBuild:
                 link.symlink_to(info.src, target_is_directory=True)
             except OSError:
                 pass  # a convenience only
+    if targets == LIB_TARGETS and _libs_present(info) and not os.environ.get("SPEC_LLAMA_CPP_DIR"):
+        return info  # the pinned source never changes: a built cache is final
     cmake = shutil.which("cmake") or "cmake"
-    if not (info.build / "CMakeCache.txt").exists():
-        gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-        _log(f"configuring llama.cpp in {info.build}")
-        subprocess.run([cmake, "-S", str(info.src), "-B", str(info.build), *gen, *info.flags],
-                       check=True, stdout=subprocess.DEVNULL)
+    ninja = shutil.which("ninja")
+    generator = _cached_generator(info.build)
+    if generator == "Ninja" and not ninja:
+        raise RuntimeError(f"{info.build} was configured for Ninja, which is no longer on PATH: "
+                           "pip install ninja (or delete that directory to rebuild with make)")
+    gen = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja and generator in (None, "Ninja") else []
+    # Configure every time (~1 s): pip's isolated build envs are deleted after an install, and the
+    # cache must forget the cmake and ninja paths an earlier one recorded.
+    _log(f"configuring llama.cpp in {info.build}")
+    subprocess.run([cmake, "-S", str(info.src), "-B", str(info.build), *gen, *info.flags],
+                   check=True, stdout=subprocess.DEVNULL)
     if not _libs_present(info):
         _log("building llama.cpp (a cold build takes ~8 min on 2 cores; cached after)")
     jobs = os.environ.get("SPEC_BUILD_JOBS") or str(os.cpu_count() or 2)
-    # Always run: a no-op rebuild takes ~0.03 s and picks up edits to an override tree.
+    # A no-op rebuild takes ~0.03 s and picks up edits to an override tree.
     subprocess.run([cmake, "--build", str(info.build), "-j", jobs, "--target", *targets],
                    check=True, stdout=subprocess.DEVNULL)
     return info
+
+
+def _cached_generator(build: Path) -> str | None:
+    """The CMake generator an existing build tree was configured with (None: not configured)."""
+    cache = build / "CMakeCache.txt"
+    if not cache.exists():
+        return None
+    for line in cache.read_text(errors="replace").splitlines():
+        if line.startswith("CMAKE_GENERATOR:INTERNAL="):
+            return line.split("=", 1)[1]
+    return None
 
 
 def _libs_present(info: LlamaBuild) -> bool:
