@@ -25,7 +25,7 @@ def llama_bench_tg(model: str, n_gen: int, threads: int, reps: int = 3) -> float
     """llama-bench's tg<n_gen> tokens/s (single-token decode, same threads)."""
     out = subprocess.run([tool("llama-bench"), "-m", model, "-t", str(threads), "-p", "0",
                           "-n", str(n_gen), "-r", str(reps), "-o", "json"],
-                         check=True, capture_output=True, text=True).stdout
+                         check=True, capture_output=True, text=True, errors="replace").stdout
     return float(json.loads(out)[0]["avg_ts"])
 
 
@@ -36,7 +36,7 @@ def llama_completion(model: str, prompt_file: str, n_predict: int, threads: int,
         [tool("llama-completion"), "-m", model, "-f", prompt_file, "-n", str(n_predict),
          "--temp", "0", "-t", str(threads), "-c", str(n_ctx), "-no-cnv", "--no-display-prompt",
          "--simple-io", "--ignore-eos", "-b", "512"],
-        check=True, capture_output=True, text=True)
+        check=True, capture_output=True, text=True, errors="replace")
     m = re.search(r"eval time =\s*([\d.]+) ms /\s*(\d+) runs", proc.stderr.split("prompt eval time")[-1])
     ms, runs = float(m.group(1)), int(m.group(2))
     return {"tok_s": runs / (ms / 1e3), "text": proc.stdout}
@@ -49,7 +49,8 @@ def speculative_simple(model: str, prompt_file: str, n_predict: int, threads: in
         [tool("llama-speculative-simple"), "-m", model, "-f", prompt_file, "-n", str(n_predict),
          "--temp", "0", "-t", str(threads), "-c", str(n_ctx), "--spec-type", spec_type,
          "--spec-draft-n-max", str(n_draft), *extra],
-        capture_output=True, text=True)
+        # Random-weight test models emit byte tokens that need not form valid UTF-8.
+        capture_output=True, text=True, errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"llama-speculative-simple failed: {proc.stderr[-2000:]}")
     log = proc.stderr
