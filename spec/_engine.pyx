@@ -83,37 +83,52 @@ cdef struct Timers:
 
 
 cdef struct CostModel:
-    # Verify-decode time t of a batch with n rows, fitted online as t = a + b·n by
-    # exponentially weighted least squares (recent batches count most).
+    # Verify-decode time t of a batch with n rows, fitted online as t = a + b·n by exponentially
+    # weighted least squares (recent batches count most), anchored to the prior ratio
+    # b / (a + b) = draft_cost.
     double s0, s1, s2, t1, t2   # weighted sums of 1, n, n², t, n·t
+    double prior                # draft_cost: one row's cost as a fraction of a one-row step
     int n_samples
-    double a, b                 # current fit (seconds); a prior until enough varied samples
+    double a, b                 # current fit (seconds); the prior in step units until fitted
 
 
 cdef void cost_init(CostModel* m, double draft_cost) noexcept nogil:
     # Prior: one row costs draft_cost of a single-token step (a + b = 1 time unit).
     memset(m, 0, sizeof(CostModel))
+    m.prior = draft_cost
     m.b = draft_cost
     m.a = 1.0 - draft_cost
 
 
 cdef void cost_update(CostModel* m, int n_rows, double seconds) noexcept nogil:
-    cdef double x = n_rows, decay = 0.97, det, a, b
+    """Add one verify batch and refit.
+
+    Minimizes Σ w·(t − a − b·n)² + λ·((1 − c)·b − c·a)², c the prior ratio. The penalty is worth
+    a few samples: where batch sizes vary the data decide, and where they do not (drafting has
+    stopped, every batch is one row per sequence) a and b cannot be told apart, and the fit
+    drifts back to the prior ratio instead of freezing. A frozen fit was a trap: a few slow
+    batches (a fresh context's first touch of its logits buffer) fitted a steep b, drafts never
+    paid again, and nothing varied the sizes to correct it.
+    """
+    cdef double x = n_rows, decay = 0.97, lam = 4.0, c = m.prior
+    cdef double m00, m01, m11, det, a, b
     m.s0 = decay * m.s0 + 1.0
     m.s1 = decay * m.s1 + x
     m.s2 = decay * m.s2 + x * x
     m.t1 = decay * m.t1 + seconds
     m.t2 = decay * m.t2 + x * seconds
     m.n_samples += 1
-    det = m.s0 * m.s2 - m.s1 * m.s1
-    # det / s0² is the weighted variance of the batch sizes. Below one row², a and b cannot be
-    # told apart: when drafting stops, every batch has one row per sequence plus rare probes,
-    # and one slow probe would fit a ≈ 0 with a steep b — "drafts never pay" — a trap the
-    # engine could not leave. Keep the last fit (or the prior) until sizes vary again.
-    if m.n_samples < 8 or det < m.s0 * m.s0:
+    if m.n_samples < 8:
         return
-    b = (m.s0 * m.t2 - m.s1 * m.t1) / det
-    a = (m.t1 - b * m.s1) / m.s0
+    # Normal equations (XᵀWX + λ·ppᵀ)·(a, b) = XᵀWt with p = (−c, 1 − c).
+    m00 = m.s0 + lam * c * c
+    m01 = m.s1 - lam * c * (1.0 - c)
+    m11 = m.s2 + lam * (1.0 - c) * (1.0 - c)
+    det = m00 * m11 - m01 * m01
+    if det <= 0:
+        return
+    a = (m11 * m.t1 - m01 * m.t2) / det
+    b = (m00 * m.t2 - m01 * m.t1) / det
     if b > 0 and a >= 0:
         m.a = a
         m.b = b
@@ -508,6 +523,13 @@ cdef class Loop:
     def cost_model(self):
         """The fitted verify cost t = a + b·rows (seconds once fitted; a prior before)."""
         return {"a": self.cost.a, "b": self.cost.b, "n_samples": self.cost.n_samples}
+
+    def observe_cost(self, int n_rows, double seconds):
+        """Feed one verify batch's size and decode time to the cost model (as every step does;
+        exposed for tests and for calibrating a loop before timing it)."""
+        if n_rows < 1 or not seconds >= 0:
+            raise ValueError(f"need n_rows >= 1 and seconds >= 0, got {n_rows}, {seconds}")
+        cost_update(&self.cost, n_rows, seconds)
 
     @property
     def timers(self):

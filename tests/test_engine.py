@@ -234,3 +234,34 @@ def test_requests_do_not_inherit_per_sequence_drafter_state(bigram_model, ground
         (want.stats.n_drafted, want.stats.n_accepted, want.stats.accept_hist)
     if drafter != "ngram-cache":
         assert want.stats.n_accepted > 0, "no draft was accepted: the comparison is vacuous"
+
+
+def _ratio(cost: dict) -> float:
+    """One row's verify cost as a fraction of a one-row step: what decides if a draft pays."""
+    return cost["b"] / (cost["a"] + cost["b"])
+
+
+def test_cost_model_fits_varied_batches_and_recovers_when_drafting_stops(tiny_model):
+    from spec._engine import Loop
+
+    a, b = 0.010, 0.004                                   # seconds: a 1-row step costs 14 ms
+    with spec.Context(tiny_model, n_ctx=256) as ctx:
+        loop = Loop(ctx, None, draft_cost=0.43)
+        for i in range(200):                              # drafting: sizes 1..9 rows
+            n = 1 + i % 9
+            loop.observe_cost(n, a + b * n)
+        assert loop.cost_model["a"] == pytest.approx(a, rel=0.1)
+        assert loop.cost_model["b"] == pytest.approx(b, rel=0.1)
+
+        # A few very slow big batches (a cold start) fit a steep b: drafts stop paying ...
+        for n in (9, 9, 9, 9, 1, 9, 9, 1):
+            loop.observe_cost(n, 0.001 + 0.02 * n)
+        assert _ratio(loop.cost_model) > 0.55
+        # ... and with every batch one row from then on, the fit must come back to the prior
+        # ratio (0.43) rather than keep the steep slope forever.
+        for _ in range(300):
+            loop.observe_cost(1, a + b)
+        assert _ratio(loop.cost_model) == pytest.approx(0.43, abs=0.05)
+        assert loop.cost_model["a"] + loop.cost_model["b"] == pytest.approx(a + b, rel=0.05)
+        with pytest.raises(ValueError, match="n_rows"):
+            loop.observe_cost(0, 0.01)
