@@ -73,11 +73,14 @@ def lossless(d: dict) -> str:
 
 
 def batch(d: dict) -> str:
-    rows = ["| n_parallel | plain tok/s | speculative tok/s | speedup | accept rate |",
-            "|---|---|---|---|---|"]
+    rows = ["| n_parallel | plain tok/s | speculative tok/s | speedup | accept rate | "
+            "drafted / step | tokens / step |", "|---|---|---|---|---|---|---|"]
     for n, r in d["rows"].items():
-        rows.append(f"| {n} | {r['plain']['tok_s']:.1f} | {r['spec']['tok_s']:.1f} | "
-                    f"{r['speedup']:.2f}x | {100 * r['spec']['accept_rate']:.0f} % |")
+        sp = r["spec"]
+        rows.append(f"| {n} | {r['plain']['tok_s']:.1f} | {sp['tok_s']:.1f} | "
+                    f"{r['speedup']:.2f}x | {100 * sp['accept_rate']:.0f} % | "
+                    f"{sp.get('drafted_per_step', float('nan')):.2f} | "
+                    f"{sp.get('tokens_per_step', float('nan')):.2f} |")
     rows += ["", f"Batched speculation at 8 over one-at-a-time speculation: "
              f"{d['batched_spec_at_8_over_one_at_a_time_spec']:.2f}x. {d['n_prompts']} prompts, "
              f"{d['max_tokens']} new tokens each, drafter `{d['drafter']}`. " + _machine(d)]

@@ -41,9 +41,12 @@ def _job(model, prompts, drafter, n_parallel):
     n_gen = sum(r.stats.n_generated for r in results)
     drafted = sum(r.stats.n_drafted for r in results)
     accepted = sum(r.stats.n_accepted for r in results)
+    steps = sum(r.stats.n_steps for r in results)
     assert len(results) == len(prompts) and n_gen > 0
     return {"tok_s": n_gen / wall, "wall_s": wall, "n_generated": n_gen,
-            "accept_rate": accepted / drafted if drafted else 0.0}, results
+            "accept_rate": accepted / drafted if drafted else 0.0,
+            "drafted_per_step": drafted / steps if steps else 0.0,
+            "tokens_per_step": (steps + accepted) / steps if steps else 0.0}, results
 
 
 @pytest.mark.parametrize("workload", ["code", "chat"])

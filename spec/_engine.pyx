@@ -10,7 +10,7 @@ Plain decoding is the same loop with drafts of length zero, so plain and specula
 identically and differ only in the verify batches (see the losslessness tests).
 """
 from cpython.exc cimport PyErr_CheckSignals
-from libc.math cimport exp, log, pow
+from libc.math cimport NAN, exp, isnan, log, pow
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memset
 
@@ -144,13 +144,14 @@ cdef inline bint _generating(const SeqState* s) noexcept nogil:
 
 
 cdef void choose_lengths(SeqState** seqs, int n_seqs, const EngineConfig* cfg,
-                         const CostModel* cost, int* lengths) noexcept nogil:
+                         const CostModel* cost, double job_alpha, int* lengths) noexcept nogil:
     """Draft lengths maximizing the step's throughput Σ E_i(k_i) / (a + b·Σ(1 + k_i)).
 
     Dinkelbach iterations: for a throughput estimate R, each sequence independently maximizes
     E_i(k) − R·b·k; R starts at the plain rate, so a draft is made only if it beats plain
-    decoding at the batch's measured cost. A one-token probe every 16 plain steps keeps a fallen
-    acceptance estimate alive.
+    decoding at the batch's measured cost. A sequence that stopped drafting keeps a way back:
+    its estimate drifts toward the job's acceptance (job_alpha) while it does not draft, and a
+    one-token probe every 16 plain steps tests it.
     """
     cdef int i, k, best_k, it, n_active = 0, rows
     cdef double rate, value, best, total_e
@@ -183,6 +184,8 @@ cdef void choose_lengths(SeqState** seqs, int n_seqs, const EngineConfig* cfg,
         s = seqs[i]
         if not _generating(s) or lengths[i] > 0:
             continue
+        if s.alpha < job_alpha:
+            s.alpha += 0.03 * (job_alpha - s.alpha)
         s.steps_since_probe += 1
         if s.steps_since_probe >= 16:
             s.steps_since_probe = 0
@@ -247,7 +250,7 @@ cdef int _replay(Context ctx, Session session, SeqState** seqs, int n_seqs) exce
 
 
 cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const EngineConfig* cfg,
-               CostModel* cost, int* lengths, Workspace* ws, Timers* timers, token_t* out_buf,
+               CostModel* cost, double* job_alpha, int* lengths, Workspace* ws, Timers* timers, token_t* out_buf,
                float* margin_buf, Session session) except -1 nogil:
     """One draft → verify → accept step over every active sequence in seqs (session: the
     drafter again when it is a model-based session, fed after every decode; else None)."""
@@ -260,7 +263,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     # 1. drafts
     t0 = llama_time_us()
     if cfg.auto_draft and drafter is not None:
-        choose_lengths(seqs, n_seqs, cfg, cost, lengths)
+        choose_lengths(seqs, n_seqs, cfg, cost, job_alpha[0], lengths)
     for i in range(n_seqs):
         n_generating += _generating(seqs[i])
     row_cap = ctx.n_batch // max(n_generating, 1) - 1    # the verify batch fits n_batch
@@ -359,6 +362,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
             # a failure; tokens after it carry no information.
             for j in range(min(n_acc + 1, s.n_draft)):
                 s.alpha = 0.9 * s.alpha + 0.1 * (1.0 if j < n_acc else 0.0)
+                job_alpha[0] = 0.98 * job_alpha[0] + 0.02 * (1.0 if j < n_acc else 0.0)
             drafter.accept_seq(s.seq, n_acc)
         if s.n_draft > n_acc:
             if cfg.checkpoint:
@@ -389,13 +393,17 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
 
 
 cdef class Sequence:
-    """Buffers and C state of one generation (a request) inside the engine loop."""
+    """Buffers and C state of one generation (a request) inside the engine loop.
+
+    ``alpha0`` is the prior per-token acceptance that sizes its first "auto" drafts; by default
+    the loop's running acceptance over the sequences it has already run.
+    """
     cdef SeqState state
     cdef object tokens_arr, draft_arr, margins_arr, hist_arr, acc_pos_arr, draft_pos_arr
 
     def __init__(self, int seq, prompt, int max_tokens, int n_draft_max, *, double temperature=0.0,
                  int top_k=0, double top_p=1.0, double min_p=0.0, uint64_t seed=0,
-                 bint trace=False, double alpha0=0.6):
+                 bint trace=False, double alpha0=NAN):
         prompt = np.ascontiguousarray(prompt, dtype=np.int32)
         n_prompt = prompt.shape[0]
         self.tokens_arr = np.zeros(n_prompt + max_tokens + 1, dtype=np.int32)
@@ -485,6 +493,7 @@ cdef class Loop:
     cdef Workspace ws
     cdef Timers timers
     cdef CostModel cost
+    cdef double job_alpha   # acceptance over every sequence this loop ran: new ones start here
     cdef object out_arr, margin_arr, eog_arr
 
     def __cinit__(self):
@@ -515,6 +524,7 @@ cdef class Loop:
         self.margin_arr = np.zeros(self.cfg.n_draft_max + 1, dtype=np.float32)
         memset(&self.timers, 0, sizeof(Timers))
         cost_init(&self.cost, draft_cost)
+        self.job_alpha = 0.6
 
     def __dealloc__(self):
         workspace_free(&self.ws)
@@ -523,6 +533,11 @@ cdef class Loop:
     def cost_model(self):
         """The fitted verify cost t = a + b·rows (seconds once fitted; a prior before)."""
         return {"a": self.cost.a, "b": self.cost.b, "n_samples": self.cost.n_samples}
+
+    @property
+    def job_acceptance(self) -> float:
+        """Per-token draft acceptance over every sequence this loop ran (new ones start here)."""
+        return self.job_alpha
 
     def observe_cost(self, int n_rows, double seconds):
         """Feed one verify batch's size and decode time to the cost model (as every step does;
@@ -560,6 +575,8 @@ cdef class Loop:
         if self.drafter is not None:
             self.drafter.reserve_seqs(s.seq + 1)
             self.drafter.reset_seq(s.seq)     # a new request: nothing carries over per sequence
+        if isnan(s.alpha):
+            s.alpha = self.job_alpha
         s.prefill_s = 0
         if interleave and self.session is None and s.n_prompt > 0 and not s.done:
             ctx.seq_rm(s.seq, -1, -1)
@@ -608,7 +625,7 @@ cdef class Loop:
                 n_active0 = n_active
                 with gil:
                     PyErr_CheckSignals()
-                _step(self.ctx, self.drafter, seqs, n, &self.cfg, &self.cost, lengths, &self.ws,
+                _step(self.ctx, self.drafter, seqs, n, &self.cfg, &self.cost, &self.job_alpha, lengths, &self.ws,
                       &self.timers, out_buf, margin_buf, self.session)
                 steps += 1
         return steps

@@ -265,3 +265,15 @@ def test_cost_model_fits_varied_batches_and_recovers_when_drafting_stops(tiny_mo
         assert loop.cost_model["a"] + loop.cost_model["b"] == pytest.approx(a + b, rel=0.05)
         with pytest.raises(ValueError, match="n_rows"):
             loop.observe_cost(0, 0.01)
+
+
+def test_auto_drafts_of_later_requests_start_from_the_jobs_acceptance(bigram_model, grounded):
+    prompt, _ = grounded
+    with Engine(bigram_model, drafter="ngram-simple", n_draft="auto", n_ctx=2048) as engine:
+        first = engine.generate(prompt, max_tokens=120)
+        rate = first.stats.n_accepted / first.stats.n_drafted
+        learned = engine._loops[False].job_acceptance
+        # the prior is 0.6; a job whose drafts mostly pass must have moved it up
+        assert rate > 0.7 and learned > 0.7
+        second = engine.generate(prompt, max_tokens=120)
+        assert second.stats.n_accepted > 0
