@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate text for one prompt")
     _add_model_options(gen)
-    src = gen.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="prompt text")
+    src = gen.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="prompt text (default: standard input when it is piped, "
+                                      "else none: generate from the model's start token)")
     src.add_argument("--prompt-file", type=Path, help="file holding the prompt")
     _add_generation_options(gen)
     gen.add_argument("--draft-model", type=Path, default=None,
@@ -123,7 +124,12 @@ def _engine(args, drafter):
 
 
 def cmd_generate(args) -> int:
-    prompt = args.prompt if args.prompt is not None else args.prompt_file.read_text()
+    if args.prompt is not None:
+        prompt = args.prompt
+    elif args.prompt_file is not None:
+        prompt = args.prompt_file.read_text()
+    else:
+        prompt = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
     if args.max_tokens < 0:
         raise ValueError(f"--max-tokens must be >= 0, got {args.max_tokens}")
     with _engine(args, args.drafter) as engine:

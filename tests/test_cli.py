@@ -17,10 +17,10 @@ JSON_KEYS = {"text", "tokens", "n_prompt", "n_generated", "prefill_s", "decode_s
              "verify_s"}
 
 
-def run_cli(*args, timeout=120) -> subprocess.CompletedProcess:
+def run_cli(*args, timeout=120, stdin: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-m", "spec", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=str(ROOT))
+                          text=True, timeout=timeout, env=env, cwd=str(ROOT), input=stdin)
 
 
 def pieces_text(model, tokens) -> str:
@@ -107,9 +107,25 @@ def test_bad_n_draft_is_an_argparse_error(tiny_model_path, value):
     assert "Traceback" not in r.stderr
 
 
-def test_prompt_is_required():
-    r = run_cli("generate", "--model", "default")
-    assert r.returncode == 2 and "usage:" in r.stderr
+def test_prompt_from_piped_stdin(tiny_model_path):
+    r = run_cli("generate", "--model", tiny_model_path, "--threads", 1, "--json",
+                "--max-tokens", 6, stdin="Hello world")
+    assert r.returncode == 0, r.stderr
+    inline = generate_json(tiny_model_path, "--prompt", "Hello world", "--max-tokens", 6)
+    assert json.loads(r.stdout)["tokens"] == inline["tokens"]
+
+
+def test_no_prompt_generates_from_the_start_token(tiny_model, tiny_model_path):
+    out = generate_json(tiny_model_path, "--max-tokens", 5)     # stdin empty: no prompt at all
+    assert out["n_prompt"] == len(tiny_model.tokenize("")) == 1   # the BOS token alone
+    assert out["n_generated"] == 5
+
+
+def test_prompt_and_prompt_file_exclude_each_other(tiny_model_path, tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("x")
+    r = run_cli("generate", "--model", tiny_model_path, "--prompt", "x", "--prompt-file", f)
+    assert r.returncode == 2 and "not allowed with" in r.stderr
 
 
 def test_unknown_drafter_is_an_argparse_error(tiny_model_path):
