@@ -83,7 +83,8 @@ def batch(d: dict) -> str:
                     f"{sp.get('tokens_per_step', float('nan')):.2f} |")
     rows += ["", f"Batched speculation at 8 over one-at-a-time speculation: "
              f"{d['batched_spec_at_8_over_one_at_a_time_spec']:.2f}x. {d['n_prompts']} prompts, "
-             f"{d['max_tokens']} new tokens each, drafter `{d['drafter']}`. " + _machine(d)]
+             f"{d['max_tokens']} new tokens each, drafter `{d['drafter']}`; speedup = median of "
+             f"{d.get('rounds', 1)} alternating rounds' ratios. " + _machine(d)]
     return "\n".join(rows)
 
 
