@@ -187,7 +187,8 @@ def _ensure_built_locked(targets: tuple[str, ...]) -> LlamaBuild:
     if generator == "Ninja" and not ninja:
         raise RuntimeError(f"{info.build} was configured for Ninja, which is no longer on PATH: "
                            "pip install ninja (or delete that directory to rebuild with make)")
-    gen = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja and generator in (None, "Ninja") else []
+    use_ninja = ninja is not None and generator in (None, "Ninja")
+    gen = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if use_ninja else []
     # Configure every time (~1 s): pip's isolated build envs are deleted after an install, and the
     # cache must forget the cmake and ninja paths an earlier one recorded.
     _log(f"configuring llama.cpp in {info.build}")

@@ -250,8 +250,8 @@ cdef int _replay(Context ctx, Session session, SeqState** seqs, int n_seqs) exce
 
 
 cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const EngineConfig* cfg,
-               CostModel* cost, double* job_alpha, int* lengths, Workspace* ws, Timers* timers, token_t* out_buf,
-               float* margin_buf, Session session) except -1 nogil:
+               CostModel* cost, double* job_alpha, int* lengths, Workspace* ws, Timers* timers,
+               token_t* out_buf, float* margin_buf, Session session) except -1 nogil:
     """One draft → verify → accept step over every active sequence in seqs (session: the
     drafter again when it is a model-based session, fed after every decode; else None)."""
     cdef SeqState* s
@@ -625,8 +625,8 @@ cdef class Loop:
                 n_active0 = n_active
                 with gil:
                     PyErr_CheckSignals()
-                _step(self.ctx, self.drafter, seqs, n, &self.cfg, &self.cost, &self.job_alpha, lengths, &self.ws,
-                      &self.timers, out_buf, margin_buf, self.session)
+                _step(self.ctx, self.drafter, seqs, n, &self.cfg, &self.cost, &self.job_alpha,
+                      lengths, &self.ws, &self.timers, out_buf, margin_buf, self.session)
                 steps += 1
         return steps
 
