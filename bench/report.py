@@ -109,7 +109,19 @@ def sessions_speedup(d: dict) -> str:
         f"{d['rounds']} rounds. " + _machine(d)])
 
 
+def verify_cost(d: dict) -> str:
+    rows = ["| rows | " + " | ".join(str(n) for n in d["median_ms"]) + " |",
+            "|---|" + "---|" * len(d["median_ms"]),
+            "| ms | " + " | ".join(f"{v:.1f}" for v in d["median_ms"].values()) + " |",
+            "| × one row | " + " | ".join(f"{v:.2f}" for v in d["relative_to_one_row"].values())
+            + " |"]
+    rows += ["", f"One sequence after a {d['context']}-token context, logits at every row, median of "
+             f"{d['repeats']} interleaved repetitions. " + _machine(d)]
+    return "\n".join(rows)
+
+
 SECTIONS = [("plain_decode", "Plain decoding vs llama.cpp", plain_decode),
+            ("verify_cost", "What a verify batch costs, by rows", verify_cost),
             ("end_to_end", "End to end: drafters vs plain decoding", end_to_end),
             ("side_by_side", "Side by side with llama-speculative-simple", side_by_side),
             ("lossless_report", "Greedy losslessness on the default model", lossless),

@@ -1,0 +1,42 @@
+"""What a verify batch costs by its number of rows (logits at every row), on the default model.
+
+    python -m pytest bench/test_verify_cost.py -s
+
+The engine's cost model is linear in the rows (t = a + b·rows); this measures how far the real
+kernels are from that: decode n rows of one sequence after a 300-token context, n = 1..16, rows
+interleaved across repetitions, median per n, relative to one row.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import spec
+from conftest import THREADS, save
+
+MAX_ROWS = 16
+REPEATS = 15
+CONTEXT = 300
+
+
+def test_verify_cost_by_rows(default_model_path):
+    model = spec.Model(default_model_path)
+    ctx = spec.Context(model, n_ctx=1024, n_batch=512, n_threads=THREADS)
+    tokens = model.tokenize("def add(a, b):\n    return a + b\n" * 40)
+    assert tokens.size >= CONTEXT + MAX_ROWS
+    ctx.decode(tokens[:CONTEXT], pos=0, seq_id=0)
+    times = {n: [] for n in range(1, MAX_ROWS + 1)}
+    for _ in range(REPEATS):
+        for n in times:
+            t0 = time.perf_counter()
+            ctx.decode(tokens[CONTEXT:CONTEXT + n], pos=CONTEXT, seq_id=0, all_logits=True)
+            times[n].append(time.perf_counter() - t0)
+            ctx.kv_remove(0, CONTEXT, -1)
+    ctx.close()
+    median_ms = {n: 1e3 * statistics.median(v) for n, v in times.items()}
+    assert all(v > 0 for v in median_ms.values())
+    save("verify_cost", {
+        "command": "python -m pytest bench/test_verify_cost.py -s",
+        "context": CONTEXT, "repeats": REPEATS, "median_ms": median_ms,
+        "relative_to_one_row": {n: v / median_ms[1] for n, v in median_ms.items()},
+    })
