@@ -12,7 +12,6 @@ identically and differ only in the verify batches (see the losslessness tests).
 from cpython.exc cimport PyErr_CheckSignals
 from libc.math cimport NAN, exp, isnan, log, pow
 from libc.stdint cimport int64_t, uint64_t
-from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 import numpy as np
@@ -83,10 +82,6 @@ cdef struct Timers:
     double sample_s         # verification / sampling kernels
 
 
-cdef enum:
-    TABLE_ROWS = 64         # batch sizes whose cost is measured one by one
-
-
 cdef struct CostModel:
     # Verify-decode time t of a batch with n rows, fitted online as t = a + b·n by exponentially
     # weighted least squares (recent batches count most), anchored to the prior ratio
@@ -95,12 +90,6 @@ cdef struct CostModel:
     double prior                # draft_cost: one row's cost as a fraction of a one-row step
     int n_samples
     double a, b                 # current fit (seconds); the prior in step units until fitted
-    # Measured cost by batch size: CPU kernels are far from linear in the rows (on a 2-core
-    # AVX-512 machine 8 rows cost 3.7 one-row steps, 7 or 9 rows about 5), and a linear model
-    # cannot see which totals are cheap. EMA of the time of n-row batches, from the second
-    # sample on (the first may pay for touching fresh buffers).
-    double row_t[TABLE_ROWS + 1]
-    int row_n[TABLE_ROWS + 1]
 
 
 cdef void cost_init(CostModel* m, double draft_cost) noexcept nogil:
@@ -129,12 +118,6 @@ cdef void cost_update(CostModel* m, int n_rows, double seconds) noexcept nogil:
     m.t1 = decay * m.t1 + seconds
     m.t2 = decay * m.t2 + x * seconds
     m.n_samples += 1
-    if n_rows <= TABLE_ROWS:
-        m.row_n[n_rows] += 1
-        if m.row_n[n_rows] == 2:
-            m.row_t[n_rows] = seconds
-        elif m.row_n[n_rows] > 2:
-            m.row_t[n_rows] = 0.8 * m.row_t[n_rows] + 0.2 * seconds
     if m.n_samples < 8:
         return
     # Normal equations (XᵀWX + λ·ppᵀ)·(a, b) = XᵀWt with p = (−c, 1 − c).
@@ -151,14 +134,6 @@ cdef void cost_update(CostModel* m, int n_rows, double seconds) noexcept nogil:
         m.b = b
 
 
-cdef inline double verify_cost(const CostModel* m, int rows) noexcept nogil:
-    """Expected decode time of a verify batch of this many rows: measured where it has been seen
-    (once the linear fit is in seconds), else the linear fit."""
-    if m.n_samples >= 8 and rows <= TABLE_ROWS and m.row_n[rows] >= 2:
-        return m.row_t[rows]
-    return m.a + m.b * rows
-
-
 cdef inline double expected_tokens(double alpha, int k) noexcept nogil:
     # Tokens emitted by a step with a k-token draft at per-token acceptance alpha.
     return (1.0 - pow(alpha, k + 1)) / (1.0 - alpha) if alpha < 1.0 else k + 1.0
@@ -170,61 +145,41 @@ cdef inline bint _generating(const SeqState* s) noexcept nogil:
 
 cdef void choose_lengths(SeqState** seqs, int n_seqs, const EngineConfig* cfg,
                          const CostModel* cost, double job_alpha, int* lengths) noexcept nogil:
-    """Draft lengths maximizing the step's throughput Σ E_i(k_i) / T(Σ(1 + k_i)).
+    """Draft lengths maximizing the step's throughput Σ E_i(k_i) / (a + b·Σ(1 + k_i)).
 
-    A draft's next token adds α_i^(k_i+1) expected tokens, a gain that only falls as k_i grows, so
-    for every total of drafted tokens x the best split takes the x largest gains (merged across
-    sequences); the step picks the x whose throughput, at the measured cost T of that batch
-    size, is highest — x = 0 (plain decoding) included, so a draft is made only if it pays. A
-    sequence that stopped drafting keeps a way back: its estimate drifts toward the job's
-    acceptance (job_alpha) while it does not draft, and a one-token probe every 16 plain steps
-    tests it, unless that extra row would land the batch on an expensive size.
+    Dinkelbach iterations: for a throughput estimate R, each sequence independently maximizes
+    E_i(k) − R·b·k; R starts at the plain rate, so a draft is made only if it beats plain
+    decoding at the batch's measured cost. A sequence that stopped drafting keeps a way back:
+    its estimate drifts toward the job's acceptance (job_alpha) while it does not draft, and a
+    one-token probe every 16 plain steps tests it.
     """
-    cdef int i, x, pick, n_active = 0, max_x, best_x = 0, rows
-    cdef double total_e, rate, best_rate, g
+    cdef int i, k, best_k, it, n_active = 0, rows
+    cdef double rate, value, best, total_e
     cdef SeqState* s
-    cdef double* gain = NULL
-    cdef int* picks = NULL
     for i in range(n_seqs):
         n_active += _generating(seqs[i])
         lengths[i] = 0
     if n_active == 0:
         return
-    max_x = n_active * cfg.n_draft_max
-    gain = <double*> malloc(n_seqs * sizeof(double))
-    picks = <int*> malloc((max_x + 1) * sizeof(int))
-    if gain == NULL or picks == NULL:
-        free(gain)
-        free(picks)
-        return                                   # no drafts this step; plain decoding is safe
-    for i in range(n_seqs):
-        gain[i] = seqs[i].alpha if _generating(seqs[i]) else -1.0
-    total_e = n_active
-    best_rate = total_e / verify_cost(cost, n_active)
-    for x in range(1, max_x + 1):
-        pick = -1
-        g = 0.0
+    rate = n_active / (cost.a + cost.b * n_active)
+    for it in range(2):
+        total_e = 0
+        rows = 0
         for i in range(n_seqs):
-            if gain[i] > g and lengths[i] < cfg.n_draft_max:
-                g = gain[i]
-                pick = i
-        if pick < 0:
-            break
-        lengths[pick] += 1
-        picks[x - 1] = pick
-        total_e += g
-        gain[pick] *= seqs[pick].alpha
-        rate = total_e / verify_cost(cost, n_active + x)
-        if rate > best_rate * (1.0 + 1e-9):
-            best_rate = rate
-            best_x = x
-    for i in range(n_seqs):
-        lengths[i] = 0
-    for x in range(best_x):
-        lengths[picks[x]] += 1
-    free(gain)
-    free(picks)
-    rows = n_active + best_x
+            s = seqs[i]
+            if not _generating(s):
+                continue
+            best = 1.0
+            best_k = 0
+            for k in range(1, cfg.n_draft_max + 1):
+                value = expected_tokens(s.alpha, k) - rate * cost.b * k
+                if value > best + 1e-9:
+                    best = value
+                    best_k = k
+            lengths[i] = best_k
+            total_e += expected_tokens(s.alpha, best_k)
+            rows += 1 + best_k
+        rate = total_e / (cost.a + cost.b * rows)
     for i in range(n_seqs):
         s = seqs[i]
         if not _generating(s) or lengths[i] > 0:
@@ -232,11 +187,9 @@ cdef void choose_lengths(SeqState** seqs, int n_seqs, const EngineConfig* cfg,
         if s.alpha < job_alpha:
             s.alpha += 0.03 * (job_alpha - s.alpha)
         s.steps_since_probe += 1
-        if s.steps_since_probe >= 16 and (
-                verify_cost(cost, rows + 1) - verify_cost(cost, rows) <= 1.5 * cost.b):
+        if s.steps_since_probe >= 16:
             s.steps_since_probe = 0
             lengths[i] = 1
-            rows += 1
 
 
 cdef int _emit(SeqState* s, const token_t* toks, int n, const float* margins_src,
@@ -578,12 +531,8 @@ cdef class Loop:
 
     @property
     def cost_model(self):
-        """The fitted verify cost t = a + b·rows (seconds once fitted; a prior before) and the
-        measured cost of each batch size seen twice or more (``by_rows``, seconds)."""
-        cdef int n
-        return {"a": self.cost.a, "b": self.cost.b, "n_samples": self.cost.n_samples,
-                "by_rows": {n: self.cost.row_t[n] for n in range(1, TABLE_ROWS + 1)
-                            if self.cost.row_n[n] >= 2}}
+        """The fitted verify cost t = a + b·rows (seconds once fitted; a prior before)."""
+        return {"a": self.cost.a, "b": self.cost.b, "n_samples": self.cost.n_samples}
 
     @property
     def job_acceptance(self) -> float:
