@@ -267,13 +267,19 @@ def test_cost_model_fits_varied_batches_and_recovers_when_drafting_stops(tiny_mo
             loop.observe_cost(0, 0.01)
 
 
-def test_auto_drafts_of_later_requests_start_from_the_jobs_acceptance(bigram_model, grounded):
-    prompt, _ = grounded
-    with Engine(bigram_model, drafter="ngram-simple", n_draft="auto", n_ctx=2048) as engine:
+def test_auto_drafts_of_later_requests_start_from_the_jobs_acceptance(bigram_model):
+    # The bigram model's output cycles, so a prompt holding one cycle of it is continued by
+    # drafts that almost always pass.
+    head = bigram_model.tokenize("def add(a, b):\n    return a + b\n")
+    with Engine(bigram_model, drafter=None, n_ctx=2048) as plain:
+        cont = plain.generate(head, max_tokens=200).tokens
+    prompt = np.concatenate([head, cont, head[1:]])
+    # a fixed draft length keeps the counters independent of timings; the job's acceptance is
+    # learned from every verified draft either way
+    with Engine(bigram_model, drafter="ngram-simple", n_draft=4, n_ctx=2048) as engine:
         first = engine.generate(prompt, max_tokens=120)
         rate = first.stats.n_accepted / first.stats.n_drafted
         learned = engine._loops[False].job_acceptance
-        # the prior is 0.6; a job whose drafts mostly pass must have moved it up
-        assert rate > 0.7 and learned > 0.7
+        assert rate > 0.9 and learned > 0.8          # moved up from the 0.6 prior
         second = engine.generate(prompt, max_tokens=120)
         assert second.stats.n_accepted > 0
