@@ -20,19 +20,18 @@ CONTEXT = 300
 
 
 def test_verify_cost_by_rows(default_model_path):
-    model = spec.Model(default_model_path)
-    ctx = spec.Context(model, n_ctx=1024, n_batch=512, n_threads=THREADS)
-    tokens = model.tokenize("def add(a, b):\n    return a + b\n" * 40)
-    assert tokens.size >= CONTEXT + MAX_ROWS
-    ctx.decode(tokens[:CONTEXT], pos=0, seq_id=0)
     times = {n: [] for n in range(1, MAX_ROWS + 1)}
-    for _ in range(REPEATS):
-        for n in times:
-            t0 = time.perf_counter()
-            ctx.decode(tokens[CONTEXT:CONTEXT + n], pos=CONTEXT, seq_id=0, all_logits=True)
-            times[n].append(time.perf_counter() - t0)
-            ctx.kv_remove(0, CONTEXT, -1)
-    ctx.close()
+    with spec.Model(default_model_path) as model, \
+            spec.Context(model, n_ctx=1024, n_batch=512, n_threads=THREADS) as ctx:
+        tokens = model.tokenize("def add(a, b):\n    return a + b\n" * 40)
+        assert tokens.size >= CONTEXT + MAX_ROWS
+        ctx.decode(tokens[:CONTEXT], pos=0, seq_id=0)
+        for _ in range(REPEATS):
+            for n in times:
+                t0 = time.perf_counter()
+                ctx.decode(tokens[CONTEXT:CONTEXT + n], pos=CONTEXT, seq_id=0, all_logits=True)
+                times[n].append(time.perf_counter() - t0)
+                ctx.kv_remove(0, CONTEXT, -1)
     median_ms = {n: 1e3 * statistics.median(v) for n, v in times.items()}
     assert all(v > 0 for v in median_ms.values())
     save("verify_cost", {
