@@ -82,114 +82,11 @@ cdef struct Timers:
     double sample_s         # verification / sampling kernels
 
 
-cdef struct CostModel:
-    # Verify-decode time t of a batch with n rows, fitted online as t = a + b·n by exponentially
-    # weighted least squares (recent batches count most), anchored to the prior ratio
-    # b / (a + b) = draft_cost.
-    double s0, s1, s2, t1, t2   # weighted sums of 1, n, n², t, n·t
-    double prior                # draft_cost: one row's cost as a fraction of a one-row step
-    int n_samples
-    double a, b                 # current fit (seconds); the prior in step units until fitted
-
-
-cdef void cost_init(CostModel* m, double draft_cost) noexcept nogil:
-    # Prior: one row costs draft_cost of a single-token step (a + b = 1 time unit).
-    memset(m, 0, sizeof(CostModel))
-    m.prior = draft_cost
-    m.b = draft_cost
-    m.a = 1.0 - draft_cost
-
-
-cdef void cost_update(CostModel* m, int n_rows, double seconds) noexcept nogil:
-    """Add one verify batch and refit.
-
-    Minimizes Σ w·(t − a − b·n)² + λ·((1 − c)·b − c·a)², c the prior ratio. The penalty is worth
-    a few samples: where batch sizes vary the data decide, and where they do not (drafting has
-    stopped, every batch is one row per sequence) a and b cannot be told apart, and the fit
-    drifts back to the prior ratio instead of freezing. A frozen fit was a trap: a few slow
-    batches (a fresh context's first touch of its logits buffer) fitted a steep b, drafts never
-    paid again, and nothing varied the sizes to correct it.
-    """
-    cdef double x = n_rows, decay = 0.97, lam = 4.0, c = m.prior
-    cdef double m00, m01, m11, det, a, b
-    m.s0 = decay * m.s0 + 1.0
-    m.s1 = decay * m.s1 + x
-    m.s2 = decay * m.s2 + x * x
-    m.t1 = decay * m.t1 + seconds
-    m.t2 = decay * m.t2 + x * seconds
-    m.n_samples += 1
-    if m.n_samples < 8:
-        return
-    # Normal equations (XᵀWX + λ·ppᵀ)·(a, b) = XᵀWt with p = (−c, 1 − c).
-    m00 = m.s0 + lam * c * c
-    m01 = m.s1 - lam * c * (1.0 - c)
-    m11 = m.s2 + lam * (1.0 - c) * (1.0 - c)
-    det = m00 * m11 - m01 * m01
-    if det <= 0:
-        return
-    a = (m11 * m.t1 - m01 * m.t2) / det
-    b = (m00 * m.t2 - m01 * m.t1) / det
-    if b > 0 and a >= 0:
-        m.a = a
-        m.b = b
-
-
-cdef inline double expected_tokens(double alpha, int k) noexcept nogil:
-    # Tokens emitted by a step with a k-token draft at per-token acceptance alpha.
-    return (1.0 - pow(alpha, k + 1)) / (1.0 - alpha) if alpha < 1.0 else k + 1.0
+include "_plan.pxi"
 
 
 cdef inline bint _generating(const SeqState* s) noexcept nogil:
     return not s.done and not s.prefilling
-
-
-cdef void choose_lengths(SeqState** seqs, int n_seqs, const EngineConfig* cfg,
-                         const CostModel* cost, double job_alpha, int* lengths) noexcept nogil:
-    """Draft lengths maximizing the step's throughput Σ E_i(k_i) / (a + b·Σ(1 + k_i)).
-
-    Dinkelbach iterations: for a throughput estimate R, each sequence independently maximizes
-    E_i(k) − R·b·k; R starts at the plain rate, so a draft is made only if it beats plain
-    decoding at the batch's measured cost. A sequence that stopped drafting keeps a way back:
-    its estimate drifts toward the job's acceptance (job_alpha) while it does not draft, and a
-    one-token probe every 16 plain steps tests it.
-    """
-    cdef int i, k, best_k, it, n_active = 0, rows
-    cdef double rate, value, best, total_e
-    cdef SeqState* s
-    for i in range(n_seqs):
-        n_active += _generating(seqs[i])
-        lengths[i] = 0
-    if n_active == 0:
-        return
-    rate = n_active / (cost.a + cost.b * n_active)
-    for it in range(2):
-        total_e = 0
-        rows = 0
-        for i in range(n_seqs):
-            s = seqs[i]
-            if not _generating(s):
-                continue
-            best = 1.0
-            best_k = 0
-            for k in range(1, cfg.n_draft_max + 1):
-                value = expected_tokens(s.alpha, k) - rate * cost.b * k
-                if value > best + 1e-9:
-                    best = value
-                    best_k = k
-            lengths[i] = best_k
-            total_e += expected_tokens(s.alpha, best_k)
-            rows += 1 + best_k
-        rate = total_e / (cost.a + cost.b * rows)
-    for i in range(n_seqs):
-        s = seqs[i]
-        if not _generating(s) or lengths[i] > 0:
-            continue
-        if s.alpha < job_alpha:
-            s.alpha += 0.03 * (job_alpha - s.alpha)
-        s.steps_since_probe += 1
-        if s.steps_since_probe >= 16:
-            s.steps_since_probe = 0
-            lengths[i] = 1
 
 
 cdef int _emit(SeqState* s, const token_t* toks, int n, const float* margins_src,
@@ -250,35 +147,72 @@ cdef int _replay(Context ctx, Session session, SeqState** seqs, int n_seqs) exce
 
 
 cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const EngineConfig* cfg,
-               CostModel* cost, double* job_alpha, int* lengths, Workspace* ws, Timers* timers,
+               CostModel* cost, double* job_alpha, PlanBuffers plan, Workspace* ws, Timers* timers,
                token_t* out_buf, float* margin_buf, Session session) except -1 nogil:
     """One draft → verify → accept step over every active sequence in seqs (session: the
     drafter again when it is a model-based session, fed after every decode; else None)."""
     cdef SeqState* s
-    cdef int i, j, k, n_acc, n_rows, n_verify_rows, n_budget, n_generating = 0, row_cap
+    cdef int i, j, k, n_acc, n_rows, n_verify_rows, n_generating = 0, row_cap
     cdef double seconds
-    cdef bint any_replay = False
+    cdef bint any_replay = False, auto, explore
     cdef int64_t t0, t1, t2
     cdef const float* row0
     # 1. drafts
     t0 = llama_time_us()
-    if cfg.auto_draft and drafter is not None:
-        choose_lengths(seqs, n_seqs, cfg, cost, job_alpha[0], lengths)
     for i in range(n_seqs):
         n_generating += _generating(seqs[i])
     row_cap = ctx.n_batch // max(n_generating, 1) - 1    # the verify batch fits n_batch
     for i in range(n_seqs):
         s = seqs[i]
         s.n_draft = 0
-        if not _generating(s) or drafter is None or cfg.n_draft_max == 0:
+        plan.alpha[i] = min(max(s.alpha, 0.0), 1.0)
+        plan.forced[i] = 0
+        plan.avail[i] = -1
+        if _generating(s):
+            # the step emits up to k + 1 tokens; the context and the batch must hold them
+            plan.avail[i] = max(0, min(cfg.n_draft_max, s.max_tokens - s.n_generated - 1,
+                                       ctx.n_ctx - s.n_past - 1, row_cap))
+    auto = cfg.auto_draft and drafter is not None and cfg.n_draft_max > 0
+    explore = cost.clock % EXPLORE_EVERY == EXPLORE_EVERY - 1
+    if auto:
+        # who drafts (and, for model-based sessions, how far), as if every draft were available
+        plan_lengths(plan.alpha, plan.avail, plan.forced, n_seqs, cost, explore, plan.lengths)
+        for i in range(n_seqs):
+            s = seqs[i]
+            if plan.avail[i] <= 0 or plan.lengths[i] > 0:
+                continue
+            # Not drafting: its estimate drifts toward the job's acceptance, and a one-token
+            # probe now and then tests it, so a sequence that stopped drafting can come back.
+            if s.alpha < job_alpha[0]:
+                s.alpha += 0.03 * (job_alpha[0] - s.alpha)
+            s.steps_since_probe += 1
+            if s.steps_since_probe >= PROBE_EVERY:
+                s.steps_since_probe = 0
+                plan.forced[i] = 1
+    for i in range(n_seqs):
+        s = seqs[i]
+        k = plan.avail[i]
+        if k <= 0 or drafter is None:
             continue
-        k = lengths[i] if cfg.auto_draft else cfg.n_draft_max
-        n_budget = s.max_tokens - s.n_generated   # the step emits up to k + 1 tokens
-        k = min(k, n_budget - 1, ctx.n_ctx - s.n_past - 1, row_cap)
-        if k > 0:
-            s.n_draft = <int> drafter.draft_seq(
-                s.seq, s.tokens, s.n_prompt + s.n_generated - 1,
-                s.tokens[s.n_prompt + s.n_generated - 1], k, s.draft)
+        if auto:
+            if plan.lengths[i] == 0 and plan.forced[i] == 0:
+                continue
+            if session is not None:     # a model drafts: no more than the plan will verify
+                k = max(plan.lengths[i], plan.forced[i])
+        s.n_draft = <int> drafter.draft_seq(
+            s.seq, s.tokens, s.n_prompt + s.n_generated - 1,
+            s.tokens[s.n_prompt + s.n_generated - 1], k, s.draft)
+    if auto:
+        # the final plan, over the drafts actually made: verify the best prefix of each
+        for i in range(n_seqs):
+            s = seqs[i]
+            if plan.avail[i] >= 0:
+                plan.avail[i] = s.n_draft
+                plan.forced[i] = min(plan.forced[i], s.n_draft)
+        plan_lengths(plan.alpha, plan.avail, plan.forced, n_seqs, cost, explore, plan.lengths)
+        for i in range(n_seqs):
+            if plan.avail[i] >= 0:
+                seqs[i].n_draft = plan.lengths[i]
     t1 = llama_time_us()
     timers.draft_s += (t1 - t0) * 1e-6
     # 2. one batch: [id_last, draft...] per sequence, logits at every position; then prompt
@@ -390,6 +324,17 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
         _replay(ctx, session, seqs, n_seqs)
         timers.verify_s += (llama_time_us() - t1) * 1e-6
     return 0
+
+
+cdef PlanBuffers _plan_buffers(cnp.ndarray alpha, cnp.ndarray ints):
+    # alpha: float64 [n]; ints: C-contiguous intc [3, n] = avail, forced, lengths
+    cdef PlanBuffers plan
+    cdef int n = ints.shape[1]
+    plan.alpha = <double*> cnp.PyArray_DATA(alpha)
+    plan.avail = <int*> cnp.PyArray_DATA(ints)
+    plan.forced = plan.avail + n
+    plan.lengths = plan.forced + n
+    return plan
 
 
 cdef class Sequence:
@@ -531,8 +476,31 @@ cdef class Loop:
 
     @property
     def cost_model(self):
-        """The fitted verify cost t = a + b·rows (seconds once fitted; a prior before)."""
-        return {"a": self.cost.a, "b": self.cost.b, "n_samples": self.cost.n_samples}
+        """The verify-cost model: the line t = a + b·rows (seconds once fitted; a prior in
+        one-row-step units before) and ``table``, the measured mean seconds of each batch size
+        measured in the last COST_FRESH batches (the sizes the planner takes as measured)."""
+        cdef int n
+        table = {n: self.cost.mean[n] for n in range(1, COST_ROWS + 1)
+                 if cost_age(&self.cost, n) <= COST_FRESH}
+        return {"a": self.cost.a, "b": self.cost.b, "n_samples": self.cost.n_samples,
+                "table": table}
+
+    def _plan(self, alpha, avail, forced=None, bint explore=False):
+        """Draft lengths the planner picks for sequences with acceptances ``alpha`` and at most
+        ``avail`` draft tokens each (< 0: not in the batch), ``forced`` tokens each at least,
+        under this loop's cost model (for tests and for inspecting a loop)."""
+        alpha_arr = np.array(alpha, dtype=np.float64, ndmin=1)
+        n = alpha_arr.shape[0]
+        ints_arr = np.zeros((3, max(n, 1)), dtype=np.intc)
+        ints_arr[0, :n] = avail
+        ints_arr[1, :n] = 0 if forced is None else forced
+        if not ((ints_arr[1, :n] >= 0) & (ints_arr[1, :n] <= np.maximum(ints_arr[0, :n], 0))).all():
+            raise ValueError("forced lengths must be in [0, avail]")
+        if not ((alpha_arr >= 0) & (alpha_arr <= 1)).all():
+            raise ValueError("acceptances must be in [0, 1]")
+        cdef PlanBuffers plan = _plan_buffers(alpha_arr, ints_arr)
+        plan_lengths(plan.alpha, plan.avail, plan.forced, n, &self.cost, explore, plan.lengths)
+        return ints_arr[2, :n].copy()
 
     @property
     def job_acceptance(self) -> float:
@@ -609,8 +577,9 @@ cdef class Loop:
         cdef int n = len(sequences), i, steps = 0, n_active, n_active0 = -1
         keep = np.zeros(max(n, 1), dtype=np.uintp)   # owns the pointer array
         cdef SeqState** seqs = <SeqState**> cnp.PyArray_DATA(keep)
-        lengths_arr = np.zeros(max(n, 1), dtype=np.intc)
-        cdef int* lengths = <int*> cnp.PyArray_DATA(lengths_arr)
+        alpha_arr = np.zeros(max(n, 1), dtype=np.float64)
+        ints_arr = np.zeros((3, max(n, 1)), dtype=np.intc)
+        cdef PlanBuffers plan = _plan_buffers(alpha_arr, ints_arr)
         for i in range(n):
             seqs[i] = &(<Sequence> sequences[i]).state
         cdef token_t* out_buf = <token_t*> cnp.PyArray_DATA(self.out_arr)
@@ -626,7 +595,7 @@ cdef class Loop:
                 with gil:
                     PyErr_CheckSignals()
                 _step(self.ctx, self.drafter, seqs, n, &self.cfg, &self.cost, &self.job_alpha,
-                      lengths, &self.ws, &self.timers, out_buf, margin_buf, self.session)
+                      plan, &self.ws, &self.timers, out_buf, margin_buf, self.session)
                 steps += 1
         return steps
 

@@ -267,6 +267,65 @@ def test_cost_model_fits_varied_batches_and_recovers_when_drafting_stops(tiny_mo
             loop.observe_cost(0, 0.01)
 
 
+def _tiled_cost(rows: int) -> float:
+    """A CPU-like verify cost (seconds): rows in tiles of 4 are cheap, leftover rows are not."""
+    return 0.010 + 0.003 * rows + (0.012 * (rows % 4) if rows > 4 else 0.0)
+
+
+def _measure(loop, sizes, cost=_tiled_cost):
+    for n in sizes:
+        loop.observe_cost(n, cost(n))
+
+
+def test_plan_lands_on_measured_cheap_batch_sizes(tiny_model):
+    from spec._engine import Loop
+
+    with spec.Context(tiny_model, n_ctx=256) as ctx:
+        loop = Loop(ctx, None, draft_cost=0.43)
+        _measure(loop, list(range(1, 41)))
+        table = loop.cost_model["table"]
+        assert table[16] == pytest.approx(_tiled_cost(16)) and len(table) == 40
+        # 8 sequences decoding plain fill 8 rows; one drafted token each (16 rows) pays, and so
+        # does any total on a tile; 9..11 rows never do
+        alpha = [0.85] * 8
+        lengths = loop._plan(alpha, [16] * 8)
+        assert (8 + lengths.sum()) % 4 == 0 and lengths.sum() >= 8
+        # drafts of uneven acceptance: the best ones get the tokens, the total stays on a tile
+        lengths = loop._plan([0.95, 0.9, 0.3, 0.2], [8, 8, 8, 8])
+        assert (4 + lengths.sum()) % 4 == 0
+        assert lengths[0] >= lengths[1] >= lengths[2] >= lengths[3]
+        # a probe that must be verified is topped up to the next cheap size rather than
+        # leaving the batch at 9 rows
+        lengths = loop._plan([0.1] * 7 + [0.9], [0] * 7 + [8], forced=[0] * 7 + [1])
+        assert lengths[7] >= 1 and (8 + lengths.sum()) % 4 == 0
+        # sequences outside the batch get nothing; hopeless drafts are not verified
+        assert loop._plan([0.9, 0.9], [-1, 4])[0] == 0
+        assert loop._plan([0.0, 0.0], [4, 4]).tolist() == [0, 0]
+        with pytest.raises(ValueError, match="forced"):
+            loop._plan([0.5], [2], forced=[3])
+        with pytest.raises(ValueError, match="acceptances"):
+            loop._plan([1.5], [2])
+
+
+def test_cost_table_entries_expire_and_exploration_tries_stale_tiles(tiny_model):
+    from spec._engine import Loop
+
+    with spec.Context(tiny_model, n_ctx=256) as ctx:
+        loop = Loop(ctx, None, draft_cost=0.43)
+        _measure(loop, list(range(1, 41)))
+        # one unlucky slow measurement of 16 rows keeps the plan off 16 ...
+        loop.observe_cost(16, 1.0)
+        assert 8 + loop._plan([0.85] * 8, [16] * 8).sum() != 16
+        # ... only while fresh: after many batches of other sizes it falls back to the line,
+        # and exploration measures it again (the nearest stale tile to the best size)
+        _measure(loop, [8, 12] * 200)
+        assert 16 not in loop.cost_model["table"]
+        explored = 8 + loop._plan([0.85] * 8, [16] * 8, explore=True).sum()
+        assert explored % 4 == 0 and explored not in (8, 12)
+        loop.observe_cost(int(explored), _tiled_cost(int(explored)))
+        assert explored in loop.cost_model["table"]
+
+
 def test_auto_drafts_of_later_requests_start_from_the_jobs_acceptance(bigram_model):
     # The bigram model's output cycles, so a prompt holding one cycle of it is continued by
     # drafts that almost always pass.

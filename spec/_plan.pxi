@@ -1,0 +1,178 @@
+# Included by _engine.pyx: what a verify batch costs, and the draft lengths that pay most for it.
+#
+# On a CPU a verify batch's time is far from linear in its rows: the matrix kernels process rows
+# in tiles, so 8 rows can cost less than 7, and 16 rows little more than 8 (bench/RESULTS.md,
+# "What a verify batch costs, by rows"). The engine therefore measures the time of every batch
+# size it decodes (COST_ROWS table entries) and plans draft lengths against those measurements,
+# with a linear fit t = a + b·rows for the sizes it has not measured recently.
+
+cdef enum:
+    COST_ROWS = 256     # batch sizes with a table entry (bigger ones use the linear fit)
+    COST_FRESH = 256    # an entry older than this many verify batches falls back to the fit
+    TILE = 4            # exploration tries multiples of this first: the kernels' row tiles
+    EXPLORE_EVERY = 16  # steps between explorations of a batch size not measured lately
+    EXPLORE_AGE = 64    # an entry older than this is re-measured when exploring
+    PROBE_EVERY = 16    # plain steps before a sequence that stopped drafting tries one token
+
+
+cdef struct CostModel:
+    # Linear fit: verify time t of a batch with n rows as t = a + b·n, by exponentially weighted
+    # least squares (recent batches count most), anchored to the prior ratio b / (a + b).
+    double s0, s1, s2, t1, t2   # weighted sums of 1, n, n², t, n·t
+    double prior                # draft_cost: one row's cost as a fraction of a one-row step
+    int n_samples
+    double a, b                 # current fit (seconds); the prior in step units until fitted
+    # Measured table: mean[n] is the running mean time of batches with n rows, measured last
+    # when the clock (verify batches so far) read seen[n]; seen[n] == 0: never.
+    int64_t clock
+    double mean[COST_ROWS + 1]
+    int64_t seen[COST_ROWS + 1]
+
+
+cdef void cost_init(CostModel* m, double draft_cost) noexcept nogil:
+    # Prior: one row costs draft_cost of a single-token step (a + b = 1 time unit).
+    memset(m, 0, sizeof(CostModel))
+    m.prior = draft_cost
+    m.b = draft_cost
+    m.a = 1.0 - draft_cost
+
+
+cdef inline bint cost_fitted(const CostModel* m) noexcept nogil:
+    return m.n_samples >= 8
+
+
+cdef inline int64_t cost_age(const CostModel* m, int n_rows) noexcept nogil:
+    # Verify batches since n_rows was last measured (a huge age if never or off the table).
+    if n_rows > COST_ROWS or m.seen[n_rows] == 0:
+        return 1 << 40
+    return m.clock - m.seen[n_rows]
+
+
+cdef double cost_estimate(const CostModel* m, int n_rows) noexcept nogil:
+    """Expected time of a verify batch of n_rows (in prior units until the fit has 8 samples)."""
+    if cost_fitted(m) and cost_age(m, n_rows) <= COST_FRESH:
+        return m.mean[n_rows]
+    return m.a + m.b * n_rows
+
+
+cdef void cost_update(CostModel* m, int n_rows, double seconds) noexcept nogil:
+    """Add one verify batch: update its table entry and refit the line.
+
+    The line minimizes Σ w·(t − a − b·n)² + λ·((1 − c)·b − c·a)², c the prior ratio. The penalty
+    is worth a few samples: where batch sizes vary the data decide, and where they do not
+    (every batch is one row per sequence) a and b cannot be told apart, and the fit drifts back
+    to the prior ratio instead of freezing on a few slow batches (a fresh context's first touch
+    of its logits buffer).
+    """
+    cdef double x = n_rows, decay = 0.97, lam = 4.0, c = m.prior
+    cdef double m00, m01, m11, det, a, b
+    m.clock += 1
+    if n_rows <= COST_ROWS:
+        # A stale entry restarts from the new sample: the context may have grown since.
+        if cost_age(m, n_rows) > COST_FRESH:
+            m.mean[n_rows] = seconds
+        else:
+            m.mean[n_rows] = 0.75 * m.mean[n_rows] + 0.25 * seconds
+        m.seen[n_rows] = m.clock
+    m.s0 = decay * m.s0 + 1.0
+    m.s1 = decay * m.s1 + x
+    m.s2 = decay * m.s2 + x * x
+    m.t1 = decay * m.t1 + seconds
+    m.t2 = decay * m.t2 + x * seconds
+    m.n_samples += 1
+    if not cost_fitted(m):
+        return
+    # Normal equations (XᵀWX + λ·ppᵀ)·(a, b) = XᵀWt with p = (−c, 1 − c).
+    m00 = m.s0 + lam * c * c
+    m01 = m.s1 - lam * c * (1.0 - c)
+    m11 = m.s2 + lam * (1.0 - c) * (1.0 - c)
+    det = m00 * m11 - m01 * m01
+    if det <= 0:
+        return
+    a = (m11 * m.t1 - m01 * m.t2) / det
+    b = (m00 * m.t2 - m01 * m.t1) / det
+    if b > 0 and a >= 0:
+        m.a = a
+        m.b = b
+
+
+cdef inline double gain(double alpha, int k) noexcept nogil:
+    # Expected extra tokens from a sequence's k-th drafted token: all k must be accepted.
+    return pow(alpha, k)
+
+
+cdef int _next_seq(const double* alpha, const int* avail, const int* lengths,
+                   int n_seqs) noexcept nogil:
+    # The sequence whose next drafted token gains most (lowest index on ties); -1 if none left.
+    cdef int i, best = -1
+    cdef double g, best_g = -1.0
+    for i in range(n_seqs):
+        if lengths[i] < avail[i]:
+            g = gain(alpha[i], lengths[i] + 1)
+            if g > best_g:
+                best_g = g
+                best = i
+    return best
+
+
+cdef int plan_lengths(const double* alpha, const int* avail, const int* forced, int n_seqs,
+                      const CostModel* cost, bint explore, int* lengths) noexcept nogil:
+    """Draft lengths maximizing the step's expected tokens per second, Σ E_i(k_i) / T(rows).
+
+    alpha[i]: sequence i's per-token acceptance; avail[i]: the most tokens it can verify (< 0:
+    not in this step's batch); forced[i] ≤ avail[i]: tokens it verifies regardless (a probe).
+    With acceptances fixed, the best x drafted tokens overall are the x largest gains α_i^k
+    (within a sequence they shrink with k, so they form prefixes): the plan walks x upward by
+    the largest next gain and keeps the x whose batch of n + x rows has the best expected rate
+    under the measured cost T. With explore, it instead lands on the nearest multiple of TILE
+    rows not measured in the last EXPLORE_AGE batches (the kernels' tiles are the likely cheap
+    sizes, and a size measured slow once must get a second chance). Returns the batch rows.
+    """
+    cdef int i, x, x_max = 0, x_min = 0, best_x, n_rows = 0, rows, target = -1
+    cdef double tokens = 0, rate, best_rate
+    for i in range(n_seqs):
+        lengths[i] = 0
+        if avail[i] < 0:
+            continue
+        n_rows += 1
+        lengths[i] = forced[i]
+        x_min += forced[i]
+        x_max += avail[i]
+        tokens += 1.0
+        for x in range(1, forced[i] + 1):
+            tokens += gain(alpha[i], x)
+    if n_rows == 0:
+        return 0
+    best_x = x_min
+    best_rate = tokens / cost_estimate(cost, n_rows + x_min)
+    for x in range(x_min + 1, x_max + 1):
+        i = _next_seq(alpha, avail, lengths, n_seqs)
+        lengths[i] += 1
+        tokens += gain(alpha[i], lengths[i])
+        rate = tokens / cost_estimate(cost, n_rows + x)
+        if rate > best_rate * (1.0 + 1e-9):
+            best_rate = rate
+            best_x = x
+    if explore and cost_fitted(cost):
+        # nearest stale tile multiple to the best size, the larger one on ties
+        for rows in range(n_rows + x_min, n_rows + x_max + 1):
+            if rows % TILE == 0 and rows != n_rows + best_x and cost_age(cost, rows) > EXPLORE_AGE:
+                if target < 0 or abs(rows - n_rows - best_x) <= abs(target - n_rows - best_x):
+                    target = rows
+        if target >= 0:
+            best_x = target - n_rows
+    # replay the walk up to the chosen total
+    for i in range(n_seqs):
+        lengths[i] = forced[i] if avail[i] >= 0 else 0
+    for x in range(x_min, best_x):
+        i = _next_seq(alpha, avail, lengths, n_seqs)
+        lengths[i] += 1
+    return n_rows + best_x
+
+
+cdef struct PlanBuffers:
+    # per-sequence inputs and output of plan_lengths, owned by the caller
+    double* alpha
+    int* avail
+    int* forced
+    int* lengths
