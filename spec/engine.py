@@ -184,13 +184,15 @@ class Engine:
     drafter : str, Drafter or None
         A name from :func:`drafter_names`, a drafter object, or None for plain decoding.
     n_draft : int or "auto"
-        Draft length; "auto" chooses each draft's length (≤ ``n_draft_max``) from the recent
-        acceptance and the verify cost of a drafted token, so speculation that does not pay
-        falls back to plain decoding.
+        Draft length; "auto" chooses each step's draft lengths (≤ ``n_draft_max``) from each
+        sequence's recent acceptance and the measured time of each verify batch size (on a CPU
+        some sizes cost less than smaller ones), so speculation that does not pay falls back
+        to plain decoding.
     n_draft_max : int
         Upper bound on the draft length with ``n_draft="auto"``.
     draft_cost : float
-        Verify cost of one drafted token in plain decode steps (≈ 0.43 for Gemma-3-270M on CPU).
+        Prior verify cost of one drafted token in plain decode steps, used until batch sizes
+        have been measured and for sizes not measured lately.
     n_ctx, n_batch, n_threads : int
         Context options (see :class:`Context`).
     drafter_params : dict
