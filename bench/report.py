@@ -83,7 +83,9 @@ def batch(d: dict) -> str:
                     f"{sp.get('tokens_per_step', float('nan')):.2f} |")
     rows += ["", f"Batched speculation at 8 over one-at-a-time speculation: "
              f"{d['batched_spec_at_8_over_one_at_a_time_spec']:.2f}x. {d['n_prompts']} prompts, "
-             f"{d['max_tokens']} new tokens each, drafter `{d['drafter']}`; speedup = median of "
+             + (f"each generated to its closing code fence (at most {d['max_tokens']} tokens)"
+                if d.get("stop")
+                else f"{d['max_tokens']} new tokens each") + f", drafter `{d['drafter']}`; speedup = median of "
              f"{d.get('rounds', 1)} alternating rounds' ratios. " + _machine(d)]
     return "\n".join(rows)
 
@@ -131,6 +133,7 @@ SECTIONS = [("plain_decode", "Plain decoding vs llama.cpp", plain_decode),
             ("lossless_report", "Greedy losslessness on the default model", lossless),
             ("batch_code", "Batch generation, code prompts", batch),
             ("batch_chat", "Batch generation, chat prompts", batch),
+            ("batch_code_complete", "Batch generation, complete code rewrites", batch),
             ("sessions_side_by_side", "Model-based sessions vs llama-speculative-simple", sessions),
             ("sessions_speedup", "Draft-model speedup on a synthesized pair", sessions_speedup)]
 
