@@ -38,8 +38,8 @@ def model(default_model_path):
 
 
 def _job(model, prompts, drafter, n_parallel, **gen):
-    engine = spec.Engine(model, drafter=drafter, n_ctx=4096, n_threads=THREADS,
-                         n_parallel=n_parallel)
+    # default n_ctx: the job grows the context to hold n_parallel requests at once
+    engine = spec.Engine(model, drafter=drafter, n_threads=THREADS, n_parallel=n_parallel)
     engine.generate_batch(prompts[:2], n_parallel=n_parallel, max_tokens=4)     # warm-up
     t0 = time.perf_counter()
     results = engine.generate_batch(prompts, n_parallel=n_parallel, **gen)

@@ -46,7 +46,9 @@ def _n_draft(text: str):
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default",
                    help="'default' (Gemma-3-270M), 'smollm2', or a GGUF path")
-    p.add_argument("--n-ctx", type=int, default=None, help="context window (default: min(4096, training))")
+    p.add_argument("--n-ctx", type=int, default=None,
+                   help="context window in KV cells (default: min(4096, training); a batch job "
+                        "then grows it to hold n_parallel requests)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
 

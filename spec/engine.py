@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import importlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field, asdict
@@ -19,6 +20,8 @@ from spec._core import Context, Model, as_tokens
 from spec._engine import Loop, Sequence
 from spec._errors import ContextOverflowError, SpecError
 from spec import models as _models
+
+logger = logging.getLogger("spec")
 
 # name -> (module, class, default parameters). Defaults follow llama.cpp's except where its
 # defaults draft nothing on short inputs (n=12, m=48 need ~61 tokens of history).
@@ -235,6 +238,8 @@ class Engine:
             self.drafter = drafter
         self.drafter_name = drafter if isinstance(drafter, str) else type(drafter).__name__
         self._n_threads = n_threads
+        self._n_ctx_given = n_ctx is not None
+        self.session_kind = session_kind
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
                            n_seq_max=n_parallel,
                            n_rs_seq=int(session_params.pop("n_rs_seq", 0)) if session_kind else 0)
@@ -383,6 +388,7 @@ class Engine:
 
     # -- batches --
 
+    MAX_AUTO_N_CTX = 32768   # KV cells a default-sized context grows to for a batch job
     _REQUEST_KEYS = {"prompt", "max_tokens", "temperature", "top_k", "top_p", "min_p", "seed",
                      "stop"}
 
@@ -393,11 +399,35 @@ class Engine:
             raise ValueError(f"n_parallel={n_parallel} exceeds n_batch={self.ctx.n_batch}: every "
                              f"step decodes one row per sequence in one batch")
         if self.ctx.n_seq_max < n_parallel:
-            n_ctx, n_batch = self.ctx.n_ctx, self.ctx.n_batch
-            self.ctx.close()
-            self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_seq_max=n_parallel,
-                               n_threads=self._n_threads)
-            self._loops = {}
+            self._new_context(self.ctx.n_ctx, n_parallel)
+
+    def _new_context(self, n_ctx: int, n_seq_max: int) -> None:
+        n_batch = self.ctx.n_batch
+        self.ctx.close()
+        self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_seq_max=n_seq_max,
+                           n_threads=self._n_threads)
+        self._loops = {}
+
+    def _fit_kv_cells(self, cells: list, n_parallel: int) -> None:
+        """Make room for n_parallel requests at once: each holds its prompt + max_tokens cells.
+
+        A context sized by default grows to fit (up to MAX_AUTO_N_CTX cells); one the caller
+        sized is kept, with a warning, since requests then wait for cells and fewer run at once.
+        """
+        need = sum(sorted(cells, reverse=True)[:n_parallel])
+        if need <= self.ctx.n_ctx:
+            return
+        if not self._n_ctx_given and self.session_kind is None:
+            n_ctx = min(need, max(self.MAX_AUTO_N_CTX, self.ctx.n_ctx))
+            logger.info("growing the context from %d to %d KV cells for %d parallel requests",
+                        self.ctx.n_ctx, n_ctx, n_parallel)
+            self._new_context(n_ctx, self.ctx.n_seq_max)
+            if n_ctx >= need:
+                return
+        logger.warning("n_ctx=%d holds the prompt + max_tokens of fewer than n_parallel=%d "
+                       "requests at once (%d cells needed): requests wait for free cells, so "
+                       "fewer run in parallel; pass a larger n_ctx", self.ctx.n_ctx, n_parallel,
+                       need)
 
     def iter_batch(self, prompts, *, n_parallel=8, max_tokens=128, temperature=0.0, top_k=0,
                    top_p=1.0, min_p=0.0, seed=0, stop: Seq[str] = ()):
@@ -445,6 +475,7 @@ class Engine:
                 raise type(e)(f"request {i}: {e}") from None
             pending.append((i, req, sq))
         pending.reverse()
+        self._fit_kv_cells([sq.n_prompt + req["max_tokens"] for _, req, sq in pending], n_parallel)
         loop = self._loop(False)
         loop.reset_timers()
         # The KV cache is unified: every active sequence shares the n_ctx cells, and a sequence

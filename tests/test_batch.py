@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import random
 import signal
@@ -117,16 +118,35 @@ def test_batched_greedy_equals_single_sequence(bigram_model_path, reference, pro
         assert summary["n_accepted"] > 0, f"{drafter} never had a draft accepted: vacuous test"
 
 
-def test_more_sequences_than_fit_the_unified_kv_cache(bigram_model_path, reference):
-    """8 parallel requests need more KV cells than n_ctx holds: requests wait for free cells
-    instead of failing the decode (the test above runs this case through the job)."""
+def test_more_sequences_than_fit_the_unified_kv_cache(bigram_model_path, reference, caplog):
+    """8 parallel requests need more KV cells than the caller's n_ctx holds: requests wait for
+    free cells instead of failing the decode, with a warning that fewer run in parallel (the
+    test above runs this case through the job)."""
     with Engine(str(bigram_model_path), drafter="ngram-simple", n_ctx=N_CTX, n_threads=THREADS,
                 n_parallel=8) as engine:
         need = sum(len(engine.model.tokenize(p)) + MAX_TOKENS for p in PROMPTS[:8])
         assert need > N_CTX, "the case is not exercised"
-        results = engine.generate_batch(PROMPTS, n_parallel=8, max_tokens=MAX_TOKENS)
+        with caplog.at_level(logging.WARNING, logger="spec"):
+            results = engine.generate_batch(PROMPTS, n_parallel=8, max_tokens=MAX_TOKENS)
+        assert engine.ctx.n_ctx == N_CTX
+    assert any("fewer run in parallel" in r.getMessage() for r in caplog.records)
     for i, r in enumerate(results):
         assert r.tokens.tolist() == reference[f"p{i}"][1]
+
+
+def test_default_context_grows_to_hold_every_parallel_request(bigram_model_path, reference):
+    with Engine(str(bigram_model_path), drafter="ngram-simple", n_threads=THREADS) as engine:
+        n_ctx0 = engine.ctx.n_ctx
+        max_tokens = n_ctx0 // 4                       # 8 requests need about 2 x n_ctx0 cells
+        need = sum(sorted((len(engine.model.tokenize(p)) + max_tokens for p in PROMPTS),
+                          reverse=True)[:8])
+        assert need > n_ctx0, "the case is not exercised"
+        results = engine.generate_batch(PROMPTS, n_parallel=8, max_tokens=max_tokens)
+        assert engine.ctx.n_ctx >= need and engine.ctx.n_seq_max >= 8
+    for i, r in enumerate(results):
+        got, want = r.tokens.tolist(), reference[f"p{i}"][1]
+        k = min(len(got), len(want))              # the reference ran to MAX_TOKENS
+        assert k > 0 and got[:k] == want[:k]
 
 
 @pytest.mark.parametrize("drafter", ["ngram-simple", *SUFFIX])
