@@ -9,7 +9,7 @@
 cdef enum:
     COST_ROWS = 256     # batch sizes with a table entry (bigger ones use the linear fit)
     COST_FRESH = 256    # an entry older than this many verify batches falls back to the fit
-    TILE = 4            # exploration tries multiples of this first: the kernels' row tiles
+    TILE = 4            # exploration tries only multiples of this: the kernels' row tiles
     EXPLORE_EVERY = 16  # steps between explorations of a batch size not measured lately
     EXPLORE_AGE = 64    # an entry older than this is re-measured when exploring
     PROBE_EVERY = 16    # plain steps before a sequence that stopped drafting tries one token
