@@ -69,7 +69,6 @@ cdef struct SeqState:
 cdef struct EngineConfig:
     int n_draft_max         # upper bound on a draft's length
     bint auto_draft         # choose each draft's length from acceptance and cost
-    double draft_cost       # prior verify cost of one drafted token, in plain decode steps
     bint trace              # record margins
     int n_vocab
     const unsigned char* is_eog  # [n_vocab] 1 for end-of-generation tokens
@@ -458,7 +457,6 @@ cdef class Loop:
                                and ctx.n_rs_seq < n_draft_max)
         self.cfg.n_draft_max = n_draft_max if drafter is not None else 0
         self.cfg.auto_draft = auto_draft
-        self.cfg.draft_cost = draft_cost
         self.cfg.trace = trace
         self.cfg.n_vocab = ctx.n_vocab
         self.eog_arr = np.ascontiguousarray(ctx.model.eog_mask(), dtype=np.uint8)

@@ -239,7 +239,7 @@ class Engine:
         self.drafter_name = drafter if isinstance(drafter, str) else type(drafter).__name__
         self._n_threads = n_threads
         self._n_ctx_given = n_ctx is not None
-        self.session_kind = session_kind
+        self._session_kind = session_kind
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
                            n_seq_max=n_parallel,
                            n_rs_seq=int(session_params.pop("n_rs_seq", 0)) if session_kind else 0)
@@ -417,7 +417,7 @@ class Engine:
         need = sum(sorted(cells, reverse=True)[:n_parallel])
         if need <= self.ctx.n_ctx:
             return
-        if not self._n_ctx_given and self.session_kind is None:
+        if not self._n_ctx_given and self._session_kind is None:
             n_ctx = min(need, max(self.MAX_AUTO_N_CTX, self.ctx.n_ctx))
             logger.info("growing the context from %d to %d KV cells for %d parallel requests",
                         self.ctx.n_ctx, n_ctx, n_parallel)
