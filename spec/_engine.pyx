@@ -151,7 +151,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     """One draft → verify → accept step over every active sequence in seqs (session: the
     drafter again when it is a model-based session, fed after every decode; else None)."""
     cdef SeqState* s
-    cdef int i, j, k, n_acc, n_rows, n_verify_rows, n_generating = 0, row_cap
+    cdef int i, j, k, n_acc, n_rows, n_active = 0, row_cap
     cdef double seconds
     cdef bint any_replay = False, auto, explore
     cdef int64_t t0, t1, t2
@@ -159,8 +159,8 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     # 1. drafts
     t0 = llama_time_us()
     for i in range(n_seqs):
-        n_generating += _generating(seqs[i])
-    row_cap = ctx.n_batch // max(n_generating, 1) - 1    # the verify batch fits n_batch
+        n_active += not seqs[i].done    # generating, or may finish its prompt and join
+    row_cap = ctx.n_batch // max(n_active, 1) - 1    # the verify batch fits n_batch
     for i in range(n_seqs):
         s = seqs[i]
         s.n_draft = 0
@@ -214,8 +214,45 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
                 seqs[i].n_draft = plan.lengths[i]
     t1 = llama_time_us()
     timers.draft_s += (t1 - t0) * 1e-6
-    # 2. one batch: [id_last, draft...] per sequence, logits at every position; then prompt
-    # chunks of sequences still prefilling, in the rows left (logits at a prompt's last token)
+    # 2. prompt chunks of sequences still prefilling, in a decode of their own (logits at a
+    # prompt's last token). Riding in the verify batch saved nothing on the CPU (prefill is
+    # compute-bound) and cost more than the two halves apart once the unified cache filled up;
+    # apart, every verify batch is a shape the cost model measures.
+    ctx.batch_clear()
+    n_rows = 0
+    for i in range(n_seqs):
+        s = seqs[i]
+        s.n_prefill_rows = 0
+        if s.done or not s.prefilling or n_rows >= ctx.n_batch:
+            continue
+        s.batch_start = n_rows
+        s.n_prefill_rows = min(s.n_prompt - s.n_past, ctx.n_batch - n_rows)
+        for j in range(s.n_prefill_rows):
+            ctx.batch_add(s.tokens[s.n_past + j], s.n_past + j, s.seq,
+                          s.n_past + j == s.n_prompt - 1)
+        n_rows += s.n_prefill_rows
+    if n_rows > 0:
+        ctx.batch_decode()
+        if session is not None:
+            session.after_decode()
+        t2 = llama_time_us()
+        seconds = (t2 - t1) * 1e-6
+        t1 = t2
+        # prompts whose last chunk was decoded: sample the first token, begin in the drafter
+        # (it joins this step's verify batch with no draft)
+        for i in range(n_seqs):
+            s = seqs[i]
+            if s.n_prefill_rows == 0:
+                continue
+            s.prefill_s += seconds * s.n_prefill_rows / n_rows
+            s.n_past += s.n_prefill_rows
+            if s.n_past == s.n_prompt:
+                s.prefilling = False
+                _first_token(s, ctx.logits_row(s.batch_start + s.n_prefill_rows - 1), cfg, ws)
+                if drafter is not None:
+                    drafter.begin_seq(s.seq, s.tokens, s.n_prompt)
+            s.n_prefill_rows = 0
+    # 3. the verify batch: [id_last, draft...] per sequence, logits at every position
     ctx.batch_clear()
     n_rows = 0
     for i in range(n_seqs):
@@ -229,18 +266,6 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
         for j in range(s.n_draft):
             ctx.batch_add(s.draft[j], s.n_past + 1 + j, s.seq, True)
         n_rows += 1 + s.n_draft
-    n_verify_rows = n_rows
-    for i in range(n_seqs):
-        s = seqs[i]
-        s.n_prefill_rows = 0
-        if s.done or not s.prefilling or n_rows >= ctx.n_batch:
-            continue
-        s.batch_start = n_rows
-        s.n_prefill_rows = min(s.n_prompt - s.n_past, ctx.n_batch - n_rows)
-        for j in range(s.n_prefill_rows):
-            ctx.batch_add(s.tokens[s.n_past + j], s.n_past + j, s.seq,
-                          s.n_past + j == s.n_prompt - 1)
-        n_rows += s.n_prefill_rows
     if n_rows == 0:
         return 0
     ctx.batch_decode()
@@ -248,28 +273,12 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
         session.after_decode()
     t2 = llama_time_us()
     seconds = (t2 - t1) * 1e-6
-    timers.verify_s += seconds * n_verify_rows / n_rows
-    if n_rows == n_verify_rows:
-        # The model is of verify batches (logits at every row); prompt rows without logits cost
-        # far less (the output layer dominates small models) and would bias it low.
-        cost_update(cost, n_rows, seconds)
-    # 3. prompts whose last chunk was decoded: sample the first token, begin in the drafter
-    for i in range(n_seqs):
-        s = seqs[i]
-        if s.n_prefill_rows == 0:
-            continue
-        s.prefill_s += seconds * s.n_prefill_rows / n_rows
-        s.n_past += s.n_prefill_rows
-        if s.n_past == s.n_prompt:
-            s.prefilling = False
-            _first_token(s, ctx.logits_row(s.batch_start + s.n_prefill_rows - 1), cfg, ws)
-            if drafter is not None:
-                drafter.begin_seq(s.seq, s.tokens, s.n_prompt)
-        s.n_prefill_rows = 0
+    timers.verify_s += seconds
+    cost_update(cost, n_rows, seconds)
     # 4. verify each slice, roll back rejected positions, tell the drafter
     for i in range(n_seqs):
         s = seqs[i]
-        if s.done or s.batch_start >= n_verify_rows or s.prefilling:
+        if not _generating(s):
             continue
         row0 = ctx.logits_row(s.batch_start)
         if s.sampler.temperature <= 0:
@@ -525,9 +534,9 @@ cdef class Loop:
         token and begin it in the drafter.
 
         With ``interleave`` the prompt is not decoded here: :meth:`run`'s steps decode it in
-        chunks, in the batch rows the other sequences' tokens and drafts leave free (up to
-        n_batch), so running sequences keep generating while it prefills. Model-based sessions
-        always prefill here (they process the prompt decodes on their own).
+        chunks of up to n_batch tokens, one chunk before each verify batch, so running
+        sequences keep generating while it prefills. Model-based sessions always prefill
+        here (they process the prompt decodes on their own).
         """
         cdef SeqState* s = &sq.state
         cdef Context ctx = self.ctx

@@ -438,8 +438,8 @@ class Engine:
         per-request ``max_tokens``, ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``seed``,
         ``stop``. Requests are validated before anything is generated. Every step decodes one
         batch holding each active sequence's last token and draft; a finished sequence's slot
-        takes the next request, whose prompt is prefilled in chunks riding in the same batches
-        (the rows the running sequences leave free, up to n_batch). The drafter's
+        takes the next request, whose prompt is prefilled in chunks of up to n_batch tokens,
+        one chunk per step, so the running sequences keep generating meanwhile. The drafter's
         per-sequence state is reset for each request; what it learns across requests (the suffix
         tree's global tree) is kept.
         """
