@@ -74,13 +74,18 @@ def lossless(d: dict) -> str:
 
 def batch(d: dict) -> str:
     rows = ["| n_parallel | plain tok/s | speculative tok/s | speedup | accept rate | "
-            "drafted / step | tokens / step |", "|---|---|---|---|---|---|---|"]
+            "drafted / step | tokens / step | generated, plain / spec | wall s, plain / spec | "
+            "prompt decoding s, plain / spec |", "|---|---|---|---|---|---|---|---|---|---|"]
     for n, r in d["rows"].items():
-        sp = r["spec"]
-        rows.append(f"| {n} | {r['plain']['tok_s']:.1f} | {sp['tok_s']:.1f} | "
+        pl, sp = r["plain"], r["spec"]
+        prefill = (f"{pl['prefill_s']:.1f} / {sp['prefill_s']:.1f}" if "prefill_s" in sp
+                   else "—")
+        rows.append(f"| {n} | {pl['tok_s']:.1f} | {sp['tok_s']:.1f} | "
                     f"{r['speedup']:.2f}x | {100 * sp['accept_rate']:.0f} % | "
                     f"{sp.get('drafted_per_step', float('nan')):.2f} | "
-                    f"{sp.get('tokens_per_step', float('nan')):.2f} |")
+                    f"{sp.get('tokens_per_step', float('nan')):.2f} | "
+                    f"{pl['n_generated']} / {sp['n_generated']} | "
+                    f"{pl['wall_s']:.1f} / {sp['wall_s']:.1f} | {prefill} |")
     rows += ["", f"Batched speculation at 8 over one-at-a-time speculation: "
              f"{d['batched_spec_at_8_over_one_at_a_time_spec']:.2f}x. {d['n_prompts']} prompts, "
              + (f"each generated to its closing code fence (at most {d['max_tokens']} tokens)"
@@ -120,7 +125,14 @@ def verify_cost(d: dict) -> str:
                  "|---|" + "---|" * len(chunk),
                  "| ms | " + " | ".join(f"{d['median_ms'][n]:.1f}" for n in chunk) + " |",
                  "| × one row | " + " | ".join(f"{d['relative_to_one_row'][n]:.2f}" for n in chunk)
-                 + " |", ""]
+                 + " |"]
+        if "logits_at_last_row_only_ms" in d:
+            last, out = d["logits_at_last_row_only_ms"], d["output_layer_ms_per_row"]
+            rows += ["| ms, logits at the last row only | "
+                     + " | ".join(f"{last[n]:.1f}" for n in chunk) + " |",
+                     "| output layer, ms per extra row | "
+                     + " | ".join(f"{out[n]:.2f}" if n in out else "—" for n in chunk) + " |"]
+        rows += [""]
     rows += [f"One sequence after a {d['context']}-token context, logits at every row, median of "
              f"{d['repeats']} interleaved repetitions. " + _machine(d)]
     return "\n".join(rows)

@@ -49,8 +49,10 @@ def _job(model, prompts, drafter, n_parallel, **gen):
     drafted = sum(r.stats.n_drafted for r in results)
     accepted = sum(r.stats.n_accepted for r in results)
     steps = sum(r.stats.n_steps for r in results)
+    # each request's share of the prompt decodes: the same work on both sides
+    prefill_s = sum(r.stats.prefill_s for r in results)
     assert len(results) == len(prompts) and n_gen > 0
-    return {"tok_s": n_gen / wall, "wall_s": wall, "n_generated": n_gen,
+    return {"tok_s": n_gen / wall, "wall_s": wall, "n_generated": n_gen, "prefill_s": prefill_s,
             "accept_rate": accepted / drafted if drafted else 0.0,
             "drafted_per_step": drafted / steps if steps else 0.0,
             "tokens_per_step": (steps + accepted) / steps if steps else 0.0}, results

@@ -215,9 +215,9 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     t1 = llama_time_us()
     timers.draft_s += (t1 - t0) * 1e-6
     # 2. prompt chunks of sequences still prefilling, in a decode of their own (logits at a
-    # prompt's last token). Riding in the verify batch saved nothing on the CPU (prefill is
-    # compute-bound) and cost more than the two halves apart once the unified cache filled up;
-    # apart, every verify batch is a shape the cost model measures.
+    # prompt's last token). On the CPU a prompt chunk gains nothing from sharing the verify
+    # batch (prefill is compute-bound); apart, every verify batch is a shape the cost model
+    # measures, and a prompt whose last chunk is decoded joins this step's verify.
     ctx.batch_clear()
     n_rows = 0
     for i in range(n_seqs):

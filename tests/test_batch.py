@@ -427,14 +427,28 @@ def test_a_second_job_on_the_same_output_is_refused(tiny_model_path, tmp_path, c
 
 def test_prompts_longer_than_the_batch_prefill_in_chunks_between_steps(bigram_model_path,
                                                                         reference):
-    """n_batch=16: long prompts are prefilled 16 rows at a time in the steps' free rows, while
-    running sequences keep generating, and drafts shrink to fit the batch; outputs unchanged."""
+    """n_batch=16: long prompts are prefilled 16 rows at a time, one chunk before each step's
+    verify batch, while running sequences keep generating, and drafts shrink to fit the batch;
+    outputs unchanged."""
     with Engine(str(bigram_model_path), drafter="ngram-simple", n_draft=N_DRAFT, n_ctx=N_CTX,
                 n_batch=16, n_threads=THREADS) as engine:
         assert max(len(engine.model.tokenize(p)) for p in PROMPTS) > 16, "no prompt is chunked"
         results = engine.generate_batch(PROMPTS, n_parallel=3, max_tokens=MAX_TOKENS)
         with pytest.raises(ValueError, match="n_batch"):
             engine.generate_batch(PROMPTS, n_parallel=17)
+    for i, r in enumerate(results):
+        assert r.tokens.tolist() == reference[f"p{i}"][1], f"p{i}"
+    assert sum(r.stats.n_accepted for r in results) > 0
+
+
+@pytest.mark.parametrize("n_parallel", [2, 3])
+def test_drafts_leave_room_for_a_prompt_joining_the_verify_batch(bigram_model_path, reference,
+                                                                 n_parallel):
+    """n_batch=8: a prompt whose last chunk is decoded joins that step's verify batch, so the
+    running sequences' drafts are capped as if it were already generating (no batch overflow)."""
+    with Engine(str(bigram_model_path), drafter="ngram-simple", n_draft=N_DRAFT, n_ctx=N_CTX,
+                n_batch=8, n_threads=THREADS) as engine:
+        results = engine.generate_batch(PROMPTS, n_parallel=n_parallel, max_tokens=MAX_TOKENS)
     for i, r in enumerate(results):
         assert r.tokens.tolist() == reference[f"p{i}"][1], f"p{i}"
     assert sum(r.stats.n_accepted for r in results) > 0

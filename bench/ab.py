@@ -1,0 +1,127 @@
+"""Side by side: this checkout against an earlier revision, on the batch jobs.
+
+    python bench/ab.py --before REV [--jobs code,complete,chat] [--n-parallel 8] [--rounds 3]
+
+Whole-job timings on this machine drift between runs by more than most changes do, so a change
+is judged by running both builds alternately in one session, never by comparing figures from
+different runs. The --before revision is cloned into a temporary directory and built in place
+(llama.cpp comes from the build cache); every job runs in a fresh interpreter that imports one
+build or the other, plain and speculative, round after round; the figure per job and side is the
+median over rounds of after / before throughput. Jobs (32 prompts, default model, greedy):
+``code`` and ``chat`` generate 64 tokens per request, ``complete`` generates each code rewrite
+to its closing fence (at most 320 tokens). Results: ``bench/results/ab.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+JOBS = ("code", "complete", "chat")
+SIDES = ("plain", "spec")
+
+
+def run_job(job: str, n_parallel: int, drafter: str | None) -> dict:
+    """One batch job in this interpreter (whichever spec it imports); its throughput."""
+    sys.path.insert(0, str(BENCH))
+    import spec
+    from _workloads import chat_prompts, code_prompts
+    from spec.models import gemma3_270m
+
+    prompts = (chat_prompts if job == "chat" else code_prompts)(32)
+    gen = dict(max_tokens=320, stop=["```"]) if job == "complete" else dict(max_tokens=64)
+    with spec.Model(gemma3_270m()) as model:
+        with spec.Engine(model, drafter=drafter, n_threads=os.cpu_count(),
+                         n_parallel=n_parallel) as engine:
+            engine.generate_batch(prompts[:2], n_parallel=n_parallel, max_tokens=4)  # warm-up
+            t0 = time.perf_counter()
+            results = engine.generate_batch(prompts, n_parallel=n_parallel, **gen)
+            wall = time.perf_counter() - t0
+    n_generated = sum(r.stats.n_generated for r in results)
+    return {"spec_file": spec.__file__, "tok_s": n_generated / wall, "wall_s": wall,
+            "n_generated": n_generated}
+
+
+def _build(rev: str, into: Path) -> None:
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(into)], check=True)
+    subprocess.run(["git", "-C", str(into), "checkout", "-q", rev], check=True)
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=into,
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def _job_in(tree: Path, job: str, n_parallel: int, side: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--run-job", job,
+                          str(n_parallel), side], env=env, cwd=tempfile.gettempdir(),
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if not Path(result["spec_file"]).resolve().is_relative_to(tree.resolve()):
+        raise RuntimeError(f"the job imported {result['spec_file']}, not the build in {tree}")
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--before", help="git revision to compare this checkout against")
+    ap.add_argument("--jobs", default=",".join(JOBS))
+    ap.add_argument("--n-parallel", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--drafter", default="suffix")
+    ap.add_argument("--run-job", nargs=3, metavar=("JOB", "N_PARALLEL", "SIDE"),
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.run_job:
+        job, n_parallel, side = args.run_job
+        print(json.dumps(run_job(job, int(n_parallel), None if side == "plain" else side)))
+        return 0
+    if not args.before:
+        ap.error("--before is required")
+    jobs = args.jobs.split(",")
+    if unknown := set(jobs) - set(JOBS):
+        ap.error(f"unknown jobs {sorted(unknown)}; choose from {', '.join(JOBS)}")
+    before_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", args.before], check=True,
+                                capture_output=True, text=True).stdout.strip()
+    after_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], check=True,
+                               capture_output=True, text=True).stdout.strip()
+    tok_s = {(job, tree, side): [] for job in jobs for tree in ("before", "after")
+             for side in SIDES}
+    with tempfile.TemporaryDirectory() as tmp:
+        before = Path(tmp) / "before"
+        _build(before_rev, before)
+        trees = {"before": before, "after": ROOT}
+        for rnd in range(args.rounds):
+            for job in jobs:
+                for tree, path in trees.items():
+                    for side in SIDES:
+                        drafter = "plain" if side == "plain" else args.drafter
+                        r = _job_in(path, job, args.n_parallel, drafter)
+                        tok_s[job, tree, side].append(r["tok_s"])
+                        print(f"round {rnd} {job:8s} {tree:6s} {side:5s} {r['tok_s']:7.1f} tok/s "
+                              f"({r['n_generated']} tokens)", flush=True)
+    summary = {}
+    for job in jobs:
+        for side in SIDES:
+            ratios = [a / b for a, b in zip(tok_s[job, "after", side], tok_s[job, "before", side])]
+            summary[f"{job}/{side}"] = {
+                "after_over_before": statistics.median(ratios), "ratios": ratios,
+                "before_tok_s": tok_s[job, "before", side], "after_tok_s": tok_s[job, "after", side]}
+            print(f"{job:8s} {side:5s} after / before {statistics.median(ratios):.3f} "
+                  f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
+    sys.path.insert(0, str(BENCH))
+    from conftest import save
+    save("ab", {"command": "python bench/ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "before": before_rev, "after": after_rev, "n_parallel": args.n_parallel,
+                "drafter": args.drafter, "rounds": args.rounds, "jobs": summary})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
