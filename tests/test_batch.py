@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import spec.cli
@@ -441,17 +442,31 @@ def test_prompts_longer_than_the_batch_prefill_in_chunks_between_steps(bigram_mo
     assert sum(r.stats.n_accepted for r in results) > 0
 
 
-@pytest.mark.parametrize("n_parallel", [2, 3])
-def test_drafts_leave_room_for_a_prompt_joining_the_verify_batch(bigram_model_path, reference,
-                                                                 n_parallel):
+def test_drafts_leave_room_for_a_prompt_joining_the_verify_batch(bigram_model_path):
     """n_batch=8: a prompt whose last chunk is decoded joins that step's verify batch, so the
-    running sequences' drafts are capped as if it were already generating (no batch overflow)."""
-    with Engine(str(bigram_model_path), drafter="ngram-simple", n_draft=N_DRAFT, n_ctx=N_CTX,
-                n_batch=8, n_threads=THREADS) as engine:
-        results = engine.generate_batch(PROMPTS, n_parallel=n_parallel, max_tokens=MAX_TOKENS)
-    for i, r in enumerate(results):
-        assert r.tokens.tolist() == reference[f"p{i}"][1], f"p{i}"
-    assert sum(r.stats.n_accepted for r in results) > 0
+    running sequence's draft is capped as if the prompt were already generating (7 drafted
+    rows + its last token + the joining token would overflow the batch)."""
+    from spec._engine import Loop, Sequence
+    with Engine(str(bigram_model_path), drafter="ngram-simple", n_draft=7, n_ctx=N_CTX,
+                n_batch=8, n_parallel=2, n_threads=THREADS) as engine:
+        tokenize = engine.model.tokenize
+        prompt = tokenize(PROMPTS[0])
+        # a prompt that already holds the model's output cycle: every step drafts in full
+        cycling = np.concatenate([prompt, engine.generate(prompt, max_tokens=MAX_TOKENS).tokens])
+        short = tokenize(PROMPTS[1])[:6]
+        running = Sequence(0, cycling, 40, 7)
+        joining = Sequence(1, short, 40, 7)
+        loop = Loop(engine.ctx, engine.drafter, n_draft_max=7)
+        loop.start(running)
+        loop.run([running], max_steps=2)
+        assert running.stats()["n_drafted"] == 2 * 7, "the running sequence does not draft in full"
+        loop.start(joining, interleave=True)
+        loop.run([running, joining], max_steps=1)     # prefill, then both verify
+        assert not joining.prefilling and joining.n_generated == 2
+        assert running.stats()["n_drafted"] == 2 * 7 + 3     # 8 // 2 - 1 rows of draft
+        loop.run([running, joining])
+        assert running.tokens.tolist() == engine.generate(cycling, max_tokens=40).tokens.tolist()
+        assert joining.tokens.tolist() == engine.generate(short, max_tokens=40).tokens.tolist()
 
 
 def test_a_new_prompt_prefills_while_running_sequences_generate(bigram_model_path):
