@@ -91,6 +91,9 @@ def main(argv=None) -> int:
                                 capture_output=True, text=True).stdout.strip()
     after_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], check=True,
                                capture_output=True, text=True).stdout.strip()
+    if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                      check=True, capture_output=True, text=True).stdout.strip():
+        after_rev += "+uncommitted"        # the record names what actually ran
     tok_s = {(job, tree, side): [] for job in jobs for tree in ("before", "after")
              for side in SIDES}
     with tempfile.TemporaryDirectory() as tmp:

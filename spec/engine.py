@@ -429,8 +429,10 @@ class Engine:
                        "fewer run in parallel; pass a larger n_ctx", self.ctx.n_ctx, n_parallel,
                        need)
 
+    ORDERS = ("longest_first", "input")
+
     def iter_batch(self, prompts, *, n_parallel=8, max_tokens=128, temperature=0.0, top_k=0,
-                   top_p=1.0, min_p=0.0, seed=0, stop: Seq[str] = ()):
+                   top_p=1.0, min_p=0.0, seed=0, stop: Seq[str] = (), order="longest_first"):
         """Generate for many prompts, ``n_parallel`` sequences per decode batch; yields
         ``(index, Result)`` as each request finishes.
 
@@ -442,7 +444,15 @@ class Engine:
         one chunk per step, so the running sequences keep generating meanwhile. The drafter's
         per-sequence state is reset for each request; what it learns across requests (the suffix
         tree's global tree) is kept.
+
+        ``order`` is the order requests start in. ``"longest_first"`` (the default) starts the
+        requests reserving the most KV cells (prompt + max_tokens) first: the long ones no longer
+        run alone at the end of the job while the other slots sit idle, and the cell budget
+        packs better. ``"input"`` starts them in input order. Results are the same either way
+        (up to near-ties, as batch composition is); only when each one finishes changes.
         """
+        if order not in self.ORDERS:
+            raise ValueError(f"order must be one of {self.ORDERS}, got {order!r}")
         defaults = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         min_p=min_p, seed=seed, stop=stop)
         requests = []
@@ -474,7 +484,10 @@ class Engine:
             except (ValueError, TypeError) as e:
                 raise type(e)(f"request {i}: {e}") from None
             pending.append((i, req, sq))
-        pending.reverse()
+        if order == "longest_first":    # popped from the end: most cells first, ties in input order
+            pending.sort(key=lambda p: (p[2].n_prompt + p[1]["max_tokens"], -p[0]))
+        else:
+            pending.reverse()
         self._fit_kv_cells([sq.n_prompt + req["max_tokens"] for _, req, sq in pending], n_parallel)
         loop = self._loop(False)
         loop.reset_timers()
