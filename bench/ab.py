@@ -9,7 +9,7 @@ different runs. The --before revision is cloned into a temporary directory and b
 build or the other, plain and speculative, round after round; the figure per job and side is the
 median over rounds of after / before throughput. Jobs (32 prompts, default model, greedy):
 ``code`` and ``chat`` generate 64 tokens per request, ``complete`` generates each code rewrite
-to its closing fence (at most 320 tokens). Results: ``bench/results/ab.json``.
+to its closing fence (at most 320 tokens). Results: ``bench/results/ab.json`` (``--name``).
 """
 from __future__ import annotations
 
@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-parallel", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--drafter", default="suffix")
+    ap.add_argument("--name", default="ab", help="results file: bench/results/NAME.json")
     ap.add_argument("--run-job", nargs=3, metavar=("JOB", "N_PARALLEL", "SIDE"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -94,8 +95,8 @@ def main(argv=None) -> int:
     if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
                       check=True, capture_output=True, text=True).stdout.strip():
         after_rev += "+uncommitted"        # the record names what actually ran
-    tok_s = {(job, tree, side): [] for job in jobs for tree in ("before", "after")
-             for side in SIDES}
+    runs = {(job, tree, side): [] for job in jobs for tree in ("before", "after")
+            for side in SIDES}
     with tempfile.TemporaryDirectory() as tmp:
         before = Path(tmp) / "before"
         _build(before_rev, before)
@@ -106,21 +107,26 @@ def main(argv=None) -> int:
                     for side in SIDES:
                         drafter = "plain" if side == "plain" else args.drafter
                         r = _job_in(path, job, args.n_parallel, drafter)
-                        tok_s[job, tree, side].append(r["tok_s"])
+                        runs[job, tree, side].append(r)
                         print(f"round {rnd} {job:8s} {tree:6s} {side:5s} {r['tok_s']:7.1f} tok/s "
                               f"({r['n_generated']} tokens)", flush=True)
     summary = {}
     for job in jobs:
         for side in SIDES:
-            ratios = [a / b for a, b in zip(tok_s[job, "after", side], tok_s[job, "before", side])]
-            summary[f"{job}/{side}"] = {
-                "after_over_before": statistics.median(ratios), "ratios": ratios,
-                "before_tok_s": tok_s[job, "before", side], "after_tok_s": tok_s[job, "after", side]}
+            ratios = [a["tok_s"] / b["tok_s"]
+                      for a, b in zip(runs[job, "after", side], runs[job, "before", side])]
+            # near-ties can end a request elsewhere, so each side's token totals are kept too
+            summary[f"{job}/{side}"] = {"after_over_before": statistics.median(ratios),
+                                        "ratios": ratios}
+            for tree in ("before", "after"):
+                for key in ("tok_s", "n_generated", "wall_s"):
+                    summary[f"{job}/{side}"][f"{tree}_{key}"] = [
+                        r[key] for r in runs[job, tree, side]]
             print(f"{job:8s} {side:5s} after / before {statistics.median(ratios):.3f} "
                   f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
-    sys.path.insert(0, str(BENCH))
+    sys.path[:0] = [str(ROOT), str(BENCH)]        # the machine record imports this checkout
     from conftest import save
-    save("ab", {"command": "python bench/ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    save(args.name, {"command": "python bench/ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "before": before_rev, "after": after_rev, "n_parallel": args.n_parallel,
                 "drafter": args.drafter, "rounds": args.rounds, "jobs": summary})
     return 0

@@ -5,9 +5,9 @@ Input: one JSON object per line, ``{"id": ..., "prompt": ...}`` with optional pe
 override the command-line values). Blank lines are ignored; ids are strings or integers.
 
 Output: one JSON line per finished request (``id``, ``text``, ``n_prompt``, ``n_generated`` and
-the speculation counters), in finishing order. Each line goes to the file in a single write and
-is fsync'd before the next request is reported, so an interrupted job leaves only complete lines
-plus at most one partial last line. Re-running the same command resumes: complete lines are kept,
+the speculation counters), in finishing order; requests start longest first unless ``--order
+input``. Each line goes to the file in a single write and is fsync'd before the next request is
+reported, so an interrupted job leaves only complete lines plus at most one partial last line. Re-running the same command resumes: complete lines are kept,
 a partial last line is cut off, and requests whose id is already in the output are skipped.
 
 Bad input lines (malformed JSON, missing or non-string prompt, missing or duplicate id, bad
@@ -40,6 +40,8 @@ STAT_KEYS = ("n_steps", "n_drafted", "n_accepted", "accept_rate", "mean_accept_l
 
 #: Most sequences one llama.cpp context decodes together (LLAMA_MAX_SEQ).
 MAX_PARALLEL = 256
+#: Orders requests may start in (see :meth:`spec.Engine.iter_batch`).
+ORDERS = ("longest_first", "input")
 
 _SEED_MIN, _SEED_MAX = -(1 << 63), (1 << 64) - 1
 _INT32_MAX = (1 << 31) - 1
@@ -419,13 +421,14 @@ _REQUEST_ERROR = re.compile(r"^request (\d+): (.*)$", re.S)
 def run_batch(input_path, output_path, *, model="default", drafter="none", n_parallel=8,
               n_draft="auto", max_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
               seed=0, stop=(), n_ctx=None, threads=None, strict=False, progress=None,
-              log=None) -> tuple[int, dict]:
+              log=None, order="longest_first") -> tuple[int, dict]:
     """Run (or resume) a batch job; returns ``(exit_code, summary)``.
 
     ``progress`` None shows the bar when ``log`` is a terminal. ``log`` (default stderr) gets
     the progress bar and warnings, not the summary (see :func:`format_summary`).
     Exit codes: 0 done (invalid lines skipped), 1 generation failed, 2 ``strict`` and invalid
     input, 130 interrupted. Bad arguments raise ValueError; unusable files raise OSError.
+    ``order``: which requests start first (see :meth:`spec.Engine.iter_batch`).
     """
     log = sys.stderr if log is None else log
     input_path, output_path = Path(input_path), Path(output_path)
@@ -433,6 +436,8 @@ def run_batch(input_path, output_path, *, model="default", drafter="none", n_par
             or not 0 < n_parallel <= MAX_PARALLEL):
         raise ValueError(f"--n-parallel must be an integer in [1, {MAX_PARALLEL}], "
                          f"got {n_parallel!r}")
+    if order not in ORDERS:
+        raise ValueError(f"--order must be one of {', '.join(ORDERS)}, got {order!r}")
     defaults = check_params(dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                                  top_p=top_p, min_p=min_p, seed=seed, stop=list(stop or ())),
                             prefix="--")
@@ -518,7 +523,8 @@ def run_batch(input_path, output_path, *, model="default", drafter="none", n_par
             pending = [r for r in pending if r.id not in scan.done]
             bad = {x.line for x in invalid}
             summary["skipped"] = sum(r.id in scan.done for r in requests if r.line not in bad)
-            return _generate(engine, out, pending, invalid, n_parallel, progress, log, finish)
+            return _generate(engine, out, pending, invalid, n_parallel, order, progress, log,
+                             finish)
         finally:
             out.close()
     finally:
@@ -527,7 +533,7 @@ def run_batch(input_path, output_path, *, model="default", drafter="none", n_par
         summary["total_s"] = time.perf_counter() - t_start
 
 
-def _generate(engine, out, pending, invalid, n_parallel, progress, log, finish):
+def _generate(engine, out, pending, invalid, n_parallel, order, progress, log, finish):
     """Generate ``pending`` into ``out``; returns ``finish(...)``'s ``(code, summary)``."""
     totals = Totals()
     t_gen = time.perf_counter()
@@ -538,7 +544,8 @@ def _generate(engine, out, pending, invalid, n_parallel, progress, log, finish):
     interrupts = _Interrupts()
     try:
         with interrupts:
-            _generate_loop(engine, out, batch, invalid, n_parallel, totals, bar, interrupts)
+            _generate_loop(engine, out, batch, invalid, n_parallel, order, totals, bar,
+                           interrupts)
     except KeyboardInterrupt:
         bar.close()
         return finish(130, totals, t_gen, len(batch) - totals.done, "interrupted")
@@ -549,13 +556,14 @@ def _generate(engine, out, pending, invalid, n_parallel, progress, log, finish):
     return finish(0, totals, t_gen, 0)
 
 
-def _generate_loop(engine, out, batch, invalid, n_parallel, totals, bar, interrupts):
+def _generate_loop(engine, out, batch, invalid, n_parallel, order, totals, bar, interrupts):
     """The generation proper; ``batch`` loses requests that iter_batch rejects."""
     while batch:
         started = False
         try:
             bar.update(0, 0, 0, 0, force=True)
-            for i, result in engine.iter_batch([r.params for r in batch], n_parallel=n_parallel):
+            for i, result in engine.iter_batch([r.params for r in batch], n_parallel=n_parallel,
+                                               order=order):
                 started = True
                 r, st = batch[i], result.stats
                 record = {"id": r.id, "text": result.text, "n_prompt": st.n_prompt,
@@ -629,6 +637,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"sequences decoded together in one batch (default 8, at most "
                         f"{MAX_PARALLEL})")
     _add_generation_options(p)
+    p.add_argument("--order", choices=[o.replace("_", "-") for o in ORDERS],
+                   default="longest-first",
+                   help="which requests start first: longest-first (most prompt + max_tokens "
+                        "cells; the default, so long requests do not run alone at the end) or "
+                        "input order")
     p.add_argument("--strict", action="store_true",
                    help="exit with code 2 before generating if any input line is invalid")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -642,7 +655,8 @@ def cmd_batch(args) -> int:
             n_parallel=args.n_parallel, n_draft=args.n_draft, max_tokens=args.max_tokens,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
             seed=args.seed, stop=args.stop, n_ctx=args.n_ctx, threads=args.threads,
-            strict=args.strict, progress=False if args.no_progress else None)
+            strict=args.strict, progress=False if args.no_progress else None,
+            order=args.order.replace("-", "_"))
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -429,7 +429,7 @@ class Engine:
                        "fewer run in parallel; pass a larger n_ctx", self.ctx.n_ctx, n_parallel,
                        need)
 
-    ORDERS = ("longest_first", "input")
+    ORDERS = ("longest_first", "input")     # the orders batch requests may start in
 
     def iter_batch(self, prompts, *, n_parallel=8, max_tokens=128, temperature=0.0, top_k=0,
                    top_p=1.0, min_p=0.0, seed=0, stop: Seq[str] = (), order="longest_first"):

@@ -156,8 +156,9 @@ def test_request_order_does_not_change_outputs(bigram_model_path, prompts_file, 
     rows = [json.loads(line) for line in prompts_file.read_text().splitlines()]
     random.Random(7).shuffle(rows)
     shuffled = write_jsonl(tmp_path / "shuffled.jsonl", rows)
+    # input order, so the shuffled file really starts its requests in another order
     for src, dst in ((prompts_file, "a.jsonl"), (shuffled, "b.jsonl")):
-        assert run(src, tmp_path / dst, bigram_model_path, drafter=drafter)[0] == 0
+        assert run(src, tmp_path / dst, bigram_model_path, drafter=drafter, order="input")[0] == 0
     a, b = by_id(read_records(tmp_path / "a.jsonl")), by_id(read_records(tmp_path / "b.jsonl"))
     assert set(a) == set(b) == {f"p{i}" for i in range(len(PROMPTS))}
     for rid in a:
@@ -167,6 +168,31 @@ def test_request_order_does_not_change_outputs(bigram_model_path, prompts_file, 
         else:
             # the suffix tree's global tree learns from earlier requests: same text, own counters
             assert a[rid]["text"] == b[rid]["text"], rid
+
+
+def test_longest_requests_start_first(bigram_model_path, reference):
+    """order="longest_first" starts the requests reserving the most cells (prompt + max_tokens)
+    first, ties in input order; "input" keeps input order. With one slot, requests finish in
+    the order they start. The outputs do not depend on the order."""
+    max_tokens = [MAX_TOKENS, MAX_TOKENS, 8, MAX_TOKENS, 8, MAX_TOKENS]
+    requests = [{"prompt": PROMPTS[i], "max_tokens": m} for i, m in enumerate(max_tokens)]
+    requests.append({"prompt": PROMPTS[1], "max_tokens": MAX_TOKENS})     # ties with request 1
+    with Engine(str(bigram_model_path), drafter="ngram-simple", n_draft=N_DRAFT, n_ctx=N_CTX,
+                n_threads=THREADS) as engine:
+        cells = [len(engine.model.tokenize(r["prompt"])) + r["max_tokens"] for r in requests]
+        want = sorted(range(len(requests)), key=lambda i: (-cells[i], i))
+        assert want != list(range(len(requests))), "the case is not exercised"
+        longest = list(engine.iter_batch(requests, n_parallel=1))
+        in_input = list(engine.iter_batch(requests, n_parallel=1, order="input"))
+        with pytest.raises(ValueError, match="order must be one of"):
+            engine.generate_batch(requests, order="shortest")
+    assert [i for i, _ in longest] == want
+    assert [i for i, _ in in_input] == list(range(len(requests)))
+    by_index = dict(longest)
+    for i, r in in_input:
+        assert by_index[i].tokens.tolist() == r.tokens.tolist()
+        m = requests[i]["max_tokens"]
+        assert r.tokens.tolist() == reference[f"p{PROMPTS.index(requests[i]['prompt'])}"][1][:m]
 
 
 def test_n_parallel_larger_than_the_number_of_prompts(bigram_model_path, reference, tmp_path):
@@ -395,6 +421,11 @@ def test_bad_arguments_and_files(tiny_model_path, tmp_path, capsys):
         with pytest.raises(SystemExit):
             spec.cli.main(["batch", "--input", str(inp), "--output", "o", "--n-parallel", bad])
         assert "--n-parallel" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        spec.cli.main(["batch", "--input", str(inp), "--output", "o", "--order", "shortest"])
+    assert "--order" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--order must be one of"):
+        run(inp, tmp_path / "o.jsonl", tiny_model_path, order="longest-first")
     assert not (tmp_path / "o.jsonl").exists()
 
 
