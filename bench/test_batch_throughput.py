@@ -28,6 +28,7 @@ MAX_TOKENS = int(os.environ.get("SPEC_BENCH_BATCH_TOKENS", 64))
 PARALLEL = (1, 2, 4, 8)
 DRAFTER = os.environ.get("SPEC_BENCH_BATCH_DRAFTER", "suffix")
 ROUNDS = int(os.environ.get("SPEC_BENCH_BATCH_ROUNDS", 3))
+ORDER = os.environ.get("SPEC_BENCH_BATCH_ORDER", "longest_first")     # or "input"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def _job(model, prompts, drafter, n_parallel, **gen):
     engine = spec.Engine(model, drafter=drafter, n_threads=THREADS, n_parallel=n_parallel)
     engine.generate_batch(prompts[:2], n_parallel=n_parallel, max_tokens=4)     # warm-up
     t0 = time.perf_counter()
-    results = engine.generate_batch(prompts, n_parallel=n_parallel, **gen)
+    results = engine.generate_batch(prompts, n_parallel=n_parallel, order=ORDER, **gen)
     wall = time.perf_counter() - t0
     engine.close()
     n_gen = sum(r.stats.n_generated for r in results)
@@ -83,6 +84,7 @@ def _compare(model, prompts, parallel, **gen) -> dict:
 def _record(name: str, command: str, rows: dict, **extra) -> None:
     save(name, {
         "command": command, "n_prompts": N_PROMPTS, "drafter": DRAFTER, "rounds": ROUNDS,
+        "order": ORDER,
         **extra, "rows": rows,
         "batched_spec_at_8_over_one_at_a_time_spec": rows[8]["spec"]["tok_s"] / rows[1]["spec"]["tok_s"],
     })
