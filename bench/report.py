@@ -90,7 +90,9 @@ def batch(d: dict) -> str:
              f"{d['batched_spec_at_8_over_one_at_a_time_spec']:.2f}x. {d['n_prompts']} prompts, "
              + (f"each generated to its closing code fence (at most {d['max_tokens']} tokens)"
                 if d.get("stop")
-                else f"{d['max_tokens']} new tokens each") + f", drafter `{d['drafter']}`; speedup = median of "
+                else f"{d['max_tokens']} new tokens each")
+             + (f", started {d['order'].replace('_', ' ')}" if "order" in d else "")
+             + f", drafter `{d['drafter']}`; speedup = median of "
              f"{d.get('rounds', 1)} alternating rounds' ratios. " + _machine(d)]
     return "\n".join(rows)
 

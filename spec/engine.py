@@ -240,11 +240,15 @@ class Engine:
         self._n_threads = n_threads
         self._n_ctx_given = n_ctx is not None
         self._session_kind = session_kind
+        self._n_rs_seq = int(session_params.pop("n_rs_seq", 0)) if session_kind else 0
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
-                           n_seq_max=n_parallel,
-                           n_rs_seq=int(session_params.pop("n_rs_seq", 0)) if session_kind else 0)
+                           n_seq_max=n_parallel, n_rs_seq=self._n_rs_seq)
+        self._session_params = session_params
         if session_kind is not None:
-            self.drafter = _make_session(self, session_kind, session_params)
+            self.drafter = _make_session(self, session_kind, dict(session_params))
+            if self.draft_ctx is not None and "draft_model" in session_params:
+                # a rebuilt session (see _new_context) reuses the loaded draft model
+                session_params["draft_model"] = self.draft_ctx.model
         self._loops = {}
 
     def close(self):
@@ -402,11 +406,19 @@ class Engine:
             self._new_context(self.ctx.n_ctx, n_parallel)
 
     def _new_context(self, n_ctx: int, n_seq_max: int) -> None:
+        """Replace the target context (and a model-based session with its draft context, which
+        are bound to it) by one with n_ctx cells for n_seq_max sequences."""
         n_batch = self.ctx.n_batch
+        self._loops = {}
+        if self._session_kind is not None:
+            self.drafter = None             # the session refers to both contexts: drop it first
+            self.draft_ctx.close()
+            self.draft_ctx = None
         self.ctx.close()
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_seq_max=n_seq_max,
-                           n_threads=self._n_threads)
-        self._loops = {}
+                           n_threads=self._n_threads, n_rs_seq=self._n_rs_seq)
+        if self._session_kind is not None:
+            self.drafter = _make_session(self, self._session_kind, dict(self._session_params))
 
     def _fit_kv_cells(self, cells: list, n_parallel: int) -> None:
         """Make room for n_parallel requests at once: each holds its prompt + max_tokens cells.

@@ -101,6 +101,28 @@ def test_draft_model_engine_lossless_with_acceptance(pair, plain_pair):
     assert r.stats.n_steps - 1 <= st["calls"] <= r.stats.n_steps
 
 
+BATCH = [PROMPT, "Hello there, said the old man to the", "One two three four five six seven"]
+
+
+@pytest.mark.parametrize("n_parallel_built", [1, 3], ids=["context-rebuilt", "context-fits"])
+def test_draft_model_engine_batch(pair, n_parallel_built):
+    """Three sequences share the target and the draft context; an engine built for fewer
+    sequences rebuilds both contexts and the session for the batch."""
+    tgt, dft = pair
+    with Engine(tgt, drafter=None, n_ctx=512) as e:
+        plain = [e.generate(p, max_tokens=48, trace=True) for p in BATCH]
+    with Engine(tgt, drafter="draft", n_draft=4, n_ctx=512, n_parallel=n_parallel_built,
+                drafter_params={"draft_model": dft}) as e:
+        results = e.generate_batch(BATCH, n_parallel=3, max_tokens=48)
+        assert e.ctx.n_seq_max == 3 and e.draft_ctx.n_seq_max == 3
+        assert e.drafter.target_ctx is e.ctx
+        again = e.generate(BATCH[1], max_tokens=48)    # single-sequence use still works after
+    for p, r in zip(plain, results):
+        assert_lossless(p, r)
+        assert r.stats.n_drafted > 0 and r.stats.accept_rate > 0.5, r.stats.format()
+    assert_lossless(plain[1], again)
+
+
 def test_draft_model_session_by_hand(pair):
     tgt, dft = pair
     mt, md = Model(tgt), Model(dft)
@@ -232,6 +254,21 @@ def test_mtp_engine(mtp_path, plain_mtp, n_rs_seq):
             assert n_replays == st["calls"]
     else:
         assert st["process_calls"] == 1 + r.stats.n_steps
+
+
+@pytest.mark.parametrize("n_rs_seq", [0, 3], ids=["checkpoint", "rollback"])
+def test_mtp_engine_batch(mtp_path, n_rs_seq):
+    """The recurrent target's checkpoint or rollback path per sequence, three sequences per
+    batch (the engine, built for one, rebuilds its contexts keeping n_rs_seq)."""
+    with Engine(mtp_path, drafter=None, n_ctx=256) as e:
+        plain = [e.generate(p, max_tokens=24, trace=True) for p in BATCH]
+    with Engine(mtp_path, drafter="mtp", n_draft=3, n_ctx=256,
+                drafter_params={"n_rs_seq": n_rs_seq}) as e:
+        results = e.generate_batch(BATCH, n_parallel=3, max_tokens=24)
+        assert e.ctx.n_seq_max == 3 and e.ctx.n_rs_seq == n_rs_seq
+    for p, r in zip(plain, results):
+        assert_lossless(p, r)
+        assert r.stats.n_drafted > 0
 
 
 def test_mtp_without_nextn(nomtp_path):
