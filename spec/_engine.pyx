@@ -432,8 +432,14 @@ cdef class Sequence:
         """The context sequence (slot) this generation runs in; set before Loop.start."""
         self.state.seq = seq
 
-    def finish(self):
-        """Mark the sequence done (e.g. a stop string matched)."""
+    def finish(self, int n_generated=-1):
+        """Mark the sequence done (e.g. a stop string matched); with ``n_generated``, keep only
+        its first n_generated tokens (a step may accept tokens past a stop string)."""
+        if n_generated > self.state.n_generated:
+            raise ValueError(f"cannot keep {n_generated} tokens: {self.state.n_generated} "
+                             f"were generated")
+        if n_generated >= 0:
+            self.state.n_generated = n_generated
         self.state.done = True
 
 

@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import codecs
 import importlib
 import logging
 import os
@@ -19,6 +18,7 @@ import numpy as np
 from spec._core import Context, Model, as_tokens
 from spec._engine import Loop, Sequence
 from spec._errors import ContextOverflowError, SpecError
+from spec._stops import StopScanner
 from spec import models as _models
 
 logger = logging.getLogger("spec")
@@ -301,12 +301,6 @@ class Engine:
                         temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                         min_p=float(min_p), seed=int(seed) & 0xFFFFFFFFFFFFFFFF, trace=trace)
 
-    def _text(self, tokens) -> str:
-        """Generated tokens as text, exactly as :meth:`generate` joins their pieces (detokenize
-        would drop the leading space of a continuation on SentencePiece vocabularies)."""
-        return b"".join(self.model.token_to_piece(int(t)) for t in tokens).decode("utf-8",
-                                                                                  "replace")
-
     def _stats(self, sq: Sequence, loop: Loop, decode_s: float) -> Stats:
         raw = sq.stats()
         timers = loop.timers
@@ -355,39 +349,23 @@ class Engine:
         loop.reset_timers()
         loop.start(sq)
         t0 = time.perf_counter()
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        text, n_seen = [], 0
+        scanner = StopScanner(self.model.token_to_piece, stop)
         chunked = streaming or bool(stop)
         while True:
-            toks = sq.tokens
-            if len(toks) > n_seen:
-                new = "".join(decoder.decode(self.model.token_to_piece(int(t))) for t in toks[n_seen:])
-                n_seen = len(toks)
-                text.append(new)
-                if stop:
-                    joined = "".join(text)
-                    cut = min((joined.find(s) for s in stop if s in joined), default=-1)
-                    if cut >= 0:
-                        start = len(joined) - len(new)
-                        text = [joined[:cut]]
-                        new = joined[start:cut]     # the part of this piece before the stop
-                        sq.finish()
-                        if streaming and new:
-                            yield new
-                        break
-                if streaming and new:
-                    yield new
+            new = scanner.feed(sq.tokens)
+            if streaming and new:
+                yield new
+            if scanner.found:
+                sq.finish(scanner.n_keep)       # tokens past the stop string are not output
             if sq.done:
                 break
             loop.run([sq], 1 if chunked else -1)
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            text.append(tail)
-            if streaming:
-                yield tail
+        tail = scanner.close()
+        if streaming and tail:
+            yield tail
         decode_s = time.perf_counter() - t0
         loop.end(sq)
-        yield Result(text="".join(text), tokens=sq.tokens, stats=self._stats(sq, loop, decode_s),
+        yield Result(text=scanner.text, tokens=sq.tokens, stats=self._stats(sq, loop, decode_s),
                      margins=sq.margins)
 
     # -- batches --
@@ -509,7 +487,7 @@ class Engine:
         self.ctx.kv_clear()
         n_free_cells = self.ctx.n_ctx
         free_slots = list(range(n_parallel - 1, -1, -1))
-        active = {}                         # slot -> (index, request, Sequence, start time)
+        active = {}             # slot -> (index, request, Sequence, StopScanner, start time)
         any_stop = any(req["stop"] for req in requests)
         while pending or active:
             while pending and free_slots:
@@ -522,26 +500,23 @@ class Engine:
                 slot = free_slots.pop()
                 sq.set_seq_id(slot)
                 loop.start(sq, interleave=True)
-                active[slot] = (i, req, sq, time.perf_counter())
+                scanner = StopScanner(self.model.token_to_piece, req["stop"])
+                active[slot] = (i, req, sq, scanner, time.perf_counter())
             seqs = [entry[2] for entry in active.values()]
             loop.run(seqs, 1 if any_stop else -1, until_one_done=True)
-            for slot, (i, req, sq, t0) in list(active.items()):
-                text = None
-                if req["stop"] and not sq.done:
-                    text = self._text(sq.tokens)
-                    if any(s in text for s in req["stop"]):
-                        sq.finish()
+            for slot, (i, req, sq, scanner, t0) in list(active.items()):
+                if req["stop"] or sq.done:
+                    scanner.feed(sq.tokens)
+                    if scanner.found:
+                        sq.finish(scanner.n_keep)   # tokens past the stop string are not output
                 if sq.done:
                     loop.end(sq)
                     self.ctx.kv_remove(slot)
                     n_free_cells += sq.n_prompt + req["max_tokens"]
                     del active[slot]
                     free_slots.append(slot)
-                    text = self._text(sq.tokens)
-                    cuts = [text.find(s) for s in req["stop"] if s in text]
-                    if cuts:
-                        text = text[:min(cuts)]
-                    yield i, Result(text=text, tokens=sq.tokens,
+                    scanner.close()
+                    yield i, Result(text=scanner.text, tokens=sq.tokens,
                                     stats=self._stats(sq, loop, time.perf_counter() - t0))
 
     def generate_batch(self, prompts, **kwargs) -> list:
