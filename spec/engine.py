@@ -286,8 +286,15 @@ class Engine:
                              f"(vocabulary size {self.model.n_vocab})")
         return tokens
 
-    def _sequence(self, seq_id, prompt, max_tokens, temperature, top_k, top_p, min_p, seed, trace):
+    def _request_tokens(self, prompt, max_tokens, temperature, top_k, top_p, min_p,
+                        seed) -> np.ndarray:
+        """Check a request's arguments; its prompt's tokens."""
         _check_sampling(temperature, top_k, top_p, min_p)
+        if seed is not None:
+            try:
+                int(seed)
+            except (TypeError, ValueError):
+                raise TypeError(f"seed must be an integer or None, got {seed!r}") from None
         if int(max_tokens) < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
         tokens = self.tokenize_prompt(prompt)
@@ -295,6 +302,15 @@ class Engine:
             raise ContextOverflowError(
                 f"prompt ({tokens.size} tokens) + max_tokens ({max_tokens}) exceed the context "
                 f"window n_ctx={self.ctx.n_ctx}")
+        return tokens
+
+    def _sequence(self, seq_id, prompt, max_tokens, temperature, top_k, top_p, min_p, seed, trace):
+        tokens = self._request_tokens(prompt, max_tokens, temperature, top_k, top_p, min_p, seed)
+        return self._new_sequence(seq_id, tokens, max_tokens, temperature, top_k, top_p, min_p,
+                                  seed, trace)
+
+    def _new_sequence(self, seq_id, tokens, max_tokens, temperature, top_k, top_p, min_p, seed,
+                      trace):
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
         return Sequence(seq_id, tokens, int(max_tokens), self.n_draft if self.drafter else 0,
@@ -465,20 +481,22 @@ class Engine:
         if not requests:
             return
         self._batch_context(n_parallel)
-        # Build (and validate) every sequence up front; slot ids are assigned when they start.
+        # Validate (and tokenize) every request up front; each Sequence, with its buffers for
+        # max_tokens, is built when the request starts, so a long job holds only the prompts.
         pending = []
         for i, req in enumerate(requests):
             try:
-                sq = self._sequence(0, req["prompt"], req["max_tokens"], req["temperature"],
-                                    req["top_k"], req["top_p"], req["min_p"], req["seed"], False)
+                tokens = self._request_tokens(req["prompt"], req["max_tokens"], req["temperature"],
+                                              req["top_k"], req["top_p"], req["min_p"], req["seed"])
             except (ValueError, TypeError) as e:
                 raise type(e)(f"request {i}: {e}") from None
-            pending.append((i, req, sq))
+            pending.append((i, req, tokens))
         if order == "longest_first":    # popped from the end: most cells first, ties in input order
-            pending.sort(key=lambda p: (p[2].n_prompt + p[1]["max_tokens"], -p[0]))
+            pending.sort(key=lambda p: (p[2].size + p[1]["max_tokens"], -p[0]))
         else:
             pending.reverse()
-        self._fit_kv_cells([sq.n_prompt + req["max_tokens"] for _, req, sq in pending], n_parallel)
+        self._fit_kv_cells([tokens.size + req["max_tokens"] for _, req, tokens in pending],
+                           n_parallel)
         loop = self._loop(False)
         loop.reset_timers()
         # The KV cache is unified: every active sequence shares the n_ctx cells, and a sequence
@@ -491,14 +509,16 @@ class Engine:
         any_stop = any(req["stop"] for req in requests)
         while pending or active:
             while pending and free_slots:
-                i, req, sq = pending[-1]
-                cells = sq.n_prompt + req["max_tokens"]
+                i, req, tokens = pending[-1]
+                cells = tokens.size + req["max_tokens"]
                 if cells > n_free_cells:
                     break                   # wait for running requests to free their cells
                 pending.pop()
                 n_free_cells -= cells
                 slot = free_slots.pop()
-                sq.set_seq_id(slot)
+                sq = self._new_sequence(slot, tokens, req["max_tokens"], req["temperature"],
+                                        req["top_k"], req["top_p"], req["min_p"], req["seed"],
+                                        False)
                 loop.start(sq, interleave=True)
                 scanner = StopScanner(self.model.token_to_piece, req["stop"])
                 active[slot] = (i, req, sq, scanner, time.perf_counter())

@@ -195,6 +195,27 @@ def test_longest_requests_start_first(bigram_model_path, reference):
         assert r.tokens.tolist() == reference[f"p{PROMPTS.index(requests[i]['prompt'])}"][1][:m]
 
 
+@pytest.mark.parametrize("bad, error, message", [
+    ({"prompt": "x", "seed": "abc"}, TypeError, "seed must be an integer"),
+    ({"prompt": "x", "temperature": -1.0}, ValueError, "temperature"),
+    ({"prompt": "x", "max_tokens": -2}, ValueError, "max_tokens"),
+    ({"prompt": "x " * 600}, ValueError, "exceed the context window"),
+    ({"prompt": []}, ValueError, "prompt is empty"),
+    ({"prompt": [10**9]}, ValueError, "not a token id"),
+    ({"text": "x"}, ValueError, "unknown keys"),
+    ({"prompt": "x", "stop": [""]}, ValueError, "stop"),
+])
+def test_a_bad_request_is_named_before_anything_is_generated(bigram_model_path, bad, error,
+                                                              message):
+    requests = [PROMPTS[0], {"prompt": PROMPTS[1]}, bad]
+    with Engine(str(bigram_model_path), drafter="ngram-simple", n_ctx=N_CTX,
+                n_threads=THREADS) as engine:
+        results = engine.iter_batch(requests, n_parallel=2, max_tokens=8)
+        with pytest.raises(error, match=rf"request 2: .*{message}"):
+            next(results)
+        assert engine.ctx.kv_pos_max(0) == -1, "a request was decoded before the check"
+
+
 def test_n_parallel_larger_than_the_number_of_prompts(bigram_model_path, reference, tmp_path):
     inp = write_jsonl(tmp_path / "in.jsonl",
                       [{"id": i, "prompt": PROMPTS[i]} for i in range(3)])
