@@ -336,7 +336,9 @@ class Engine:
 
         ``temperature`` 0 is greedy; otherwise the target distribution (top-k → top-p → min-p →
         temperature) is sampled losslessly through rejection sampling. ``stop`` strings end the
-        generation (the stop string is not included). ``trace`` records per-token margins.
+        generation: the text ends before the first one, the tokens with the one completing it
+        (tokens a speculative step accepted past it are dropped; the step counters keep them).
+        ``trace`` records per-token margins.
         """
         result = None
         for piece in self._run(prompt, max_tokens, temperature, top_k, top_p, min_p, seed, stop,
