@@ -75,6 +75,21 @@ def _make_session(engine, kind, params):
     return cls(ctx, draft_ctx, ctx.n_seq_max, engine.n_draft, n_min=n_min, p_min=p_min)
 
 
+def _stop_list(stop) -> list[str]:
+    """``stop`` (a string, or an iterable of them, or None) as a list of non-empty strings."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    try:
+        stops = list(stop)
+    except TypeError:
+        raise TypeError(f"stop must be a string or a list of strings, got {stop!r}") from None
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise ValueError("stop must hold non-empty strings")
+    return stops
+
+
 def drafter_names() -> list[str]:
     """Every name :func:`make_drafter` accepts (``none`` means plain decoding)."""
     return ["none", *DRAFTERS, *SESSION_DRAFTERS, *(LLAMA_PREFIX + n for n in DRAFTERS if n.startswith("ngram"))]
@@ -295,7 +310,9 @@ class Engine:
                 int(seed)
             except (TypeError, ValueError):
                 raise TypeError(f"seed must be an integer or None, got {seed!r}") from None
-        if int(max_tokens) < 0:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)):
+            raise TypeError(f"max_tokens must be an integer, got {max_tokens!r}")
+        if max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
         tokens = self.tokenize_prompt(prompt)
         if tokens.size + max_tokens > self.ctx.n_ctx:
@@ -359,9 +376,7 @@ class Engine:
              streaming):
         if self.ctx.closed:
             raise SpecError("engine is closed")
-        stop = [stop] if isinstance(stop, str) else list(stop or ())
-        if any(not isinstance(s, str) or not s for s in stop):
-            raise ValueError("stop must hold non-empty strings")
+        stop = _stop_list(stop)
         sq = self._sequence(0, prompt, max_tokens, temperature, top_k, top_p, min_p, seed, trace)
         loop = self._loop(trace)
         loop.reset_timers()
@@ -393,6 +408,8 @@ class Engine:
                      "stop"}
 
     def _batch_context(self, n_parallel: int) -> None:
+        if isinstance(n_parallel, bool) or not isinstance(n_parallel, (int, np.integer)):
+            raise TypeError(f"n_parallel must be an integer, got {n_parallel!r}")
         if n_parallel <= 0:
             raise ValueError(f"n_parallel must be > 0, got {n_parallel}")
         if n_parallel > self.ctx.n_batch:
@@ -475,10 +492,10 @@ class Engine:
                 req.update(item)
             else:
                 req["prompt"] = item
-            stops = [req["stop"]] if isinstance(req["stop"], str) else list(req["stop"] or ())
-            if any(not isinstance(s, str) or not s for s in stops):
-                raise ValueError(f"request {i}: stop must hold non-empty strings")
-            req["stop"] = stops
+            try:
+                req["stop"] = _stop_list(req["stop"])
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"request {i}: {e}") from None
             requests.append(req)
         if not requests:
             return

@@ -204,6 +204,8 @@ def test_longest_requests_start_first(bigram_model_path, reference):
     ({"prompt": [10**9]}, ValueError, "not a token id"),
     ({"text": "x"}, ValueError, "unknown keys"),
     ({"prompt": "x", "stop": [""]}, ValueError, "stop"),
+    ({"prompt": "x", "stop": 5}, TypeError, "stop must be a string or a list"),
+    ({"prompt": "x", "max_tokens": "5"}, TypeError, "max_tokens must be an integer"),
 ])
 def test_a_bad_request_is_named_before_anything_is_generated(bigram_model_path, bad, error,
                                                               message):
@@ -489,6 +491,8 @@ def test_prompts_longer_than_the_batch_prefill_in_chunks_between_steps(bigram_mo
         results = engine.generate_batch(PROMPTS, n_parallel=3, max_tokens=MAX_TOKENS)
         with pytest.raises(ValueError, match="n_batch"):
             engine.generate_batch(PROMPTS, n_parallel=17)
+        with pytest.raises(TypeError, match="n_parallel must be an integer"):
+            engine.generate_batch(PROMPTS, n_parallel=2.5)
     for i, r in enumerate(results):
         assert r.tokens.tolist() == reference[f"p{i}"][1], f"p{i}"
     assert sum(r.stats.n_accepted for r in results) > 0
