@@ -235,7 +235,11 @@ class Engine:
         else:
             raise ValueError(f"n_draft must be a positive int or 'auto', got {n_draft!r}")
         if self.n_draft <= 0:
-            raise ValueError(f"n_draft must be > 0, got {self.n_draft}")
+            name = "n_draft_max" if self.auto_draft else "n_draft"
+            raise ValueError(f"{name} must be > 0, got {self.n_draft}")
+        if isinstance(n_parallel, bool) or not isinstance(n_parallel, (int, np.integer)) \
+                or n_parallel <= 0:
+            raise ValueError(f"n_parallel must be an integer > 0, got {n_parallel!r}")
         if not draft_cost >= 0:
             raise ValueError(f"draft_cost must be >= 0, got {draft_cost}")
         self.draft_cost = float(draft_cost)
@@ -476,6 +480,8 @@ class Engine:
         packs better. ``"input"`` starts them in input order. Results are the same either way
         (up to near-ties, as batch composition is); only when each one finishes changes.
         """
+        if self.ctx.closed:
+            raise SpecError("engine is closed")
         if order not in self.ORDERS:
             raise ValueError(f"order must be one of {self.ORDERS}, got {order!r}")
         defaults = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

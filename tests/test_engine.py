@@ -342,3 +342,26 @@ def test_auto_drafts_of_later_requests_start_from_the_jobs_acceptance(bigram_mod
         assert rate > 0.9 and learned > 0.8          # moved up from the 0.6 prior
         second = engine.generate(prompt, max_tokens=120)
         assert second.stats.n_accepted > 0
+
+
+def test_a_closed_engine_refuses_work(tiny_model):
+    engine = Engine(tiny_model, drafter="ngram-simple", n_ctx=256)
+    engine.close()
+    with pytest.raises(spec.SpecError, match="engine is closed"):
+        engine.generate("hello", max_tokens=2)
+    with pytest.raises(spec.SpecError, match="engine is closed"):
+        list(engine.stream("hello", max_tokens=2))
+    # a batch for more sequences than the context holds used to build itself a new context
+    with pytest.raises(spec.SpecError, match="engine is closed"):
+        engine.generate_batch(["hello", "world"], n_parallel=2, max_tokens=2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_parallel=0), "n_parallel must be an integer > 0"),
+    (dict(n_parallel=1.5), "n_parallel must be an integer > 0"),
+    (dict(n_draft_max=0), "n_draft_max must be > 0"),
+    (dict(n_draft=0), "n_draft must be > 0"),
+])
+def test_bad_engine_arguments_are_named(tiny_model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Engine(tiny_model, n_ctx=256, **kwargs)
