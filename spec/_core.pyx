@@ -623,6 +623,9 @@ cdef class Context:
         cdef int n = toks.shape[0]
         if n == 0:
             raise ValueError("tokens is empty")
+        if pos < -1:
+            raise ValueError(f"pos must be >= 0, or -1 for after the sequence's last position, "
+                             f"got {pos}")
         if pos < 0:
             pos = self.seq_pos_max(seq_id) + 1
         if pos + n > self.n_ctx:

@@ -509,6 +509,8 @@ def test_decode_past_n_ctx(tiny_model, ctx):
         ctx.decode(np.full(ctx.n_ctx + 1, 100, dtype=np.int32))
     with pytest.raises(ContextOverflowError):
         ctx.decode([100], pos=ctx.n_ctx)
+    with pytest.raises(ValueError, match="pos must be >= 0"):
+        ctx.decode([100], pos=-5)
 
 
 def test_bad_sequence_ids(tiny_model, ctx):
