@@ -75,6 +75,9 @@ def _make_session(engine, kind, params):
     return cls(ctx, draft_ctx, ctx.n_seq_max, engine.n_draft, n_min=n_min, p_min=p_min)
 
 
+MAX_SEQ = 256   # llama.cpp's LLAMA_MAX_SEQ: sequences one context decodes together
+
+
 def _stop_list(stop) -> list[str]:
     """``stop`` (a string, or an iterable of them, or None) as a list of non-empty strings."""
     if stop is None:
@@ -240,6 +243,9 @@ class Engine:
         if isinstance(n_parallel, bool) or not isinstance(n_parallel, (int, np.integer)) \
                 or n_parallel <= 0:
             raise ValueError(f"n_parallel must be an integer > 0, got {n_parallel!r}")
+        if n_parallel > MAX_SEQ:
+            raise ValueError(f"n_parallel={n_parallel} exceeds {MAX_SEQ}, the most sequences "
+                             f"llama.cpp decodes together (LLAMA_MAX_SEQ)")
         if not draft_cost >= 0:
             raise ValueError(f"draft_cost must be >= 0, got {draft_cost}")
         self.draft_cost = float(draft_cost)
@@ -416,6 +422,9 @@ class Engine:
             raise TypeError(f"n_parallel must be an integer, got {n_parallel!r}")
         if n_parallel <= 0:
             raise ValueError(f"n_parallel must be > 0, got {n_parallel}")
+        if n_parallel > MAX_SEQ:
+            raise ValueError(f"n_parallel={n_parallel} exceeds {MAX_SEQ}, the most sequences "
+                             f"llama.cpp decodes together (LLAMA_MAX_SEQ)")
         if n_parallel > self.ctx.n_batch:
             raise ValueError(f"n_parallel={n_parallel} exceeds n_batch={self.ctx.n_batch}: every "
                              f"step decodes one row per sequence in one batch")

@@ -361,6 +361,7 @@ def test_a_closed_engine_refuses_work(tiny_model):
     (dict(n_parallel=1.5), "n_parallel must be an integer > 0"),
     (dict(n_draft_max=0), "n_draft_max must be > 0"),
     (dict(n_draft=0), "n_draft must be > 0"),
+    (dict(n_parallel=257), "LLAMA_MAX_SEQ"),
 ])
 def test_bad_engine_arguments_are_named(tiny_model, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -912,3 +912,17 @@ def test_constructor_validation():
         NgramMap()
     assert repr(NgramMapK4V(3, 5, 2)) == "NgramMapK4V(size_n=3, size_m=5, min_hits=2)"
     assert repr(NgramSimple(3, 5)) == "NgramSimple(size_n=3, size_m=5)"
+
+
+@pytest.mark.parametrize("name", ["ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod",
+                                  "ngram-cache", "suffix"])
+def test_sequence_ids_are_bounded_by_llama_max_seq(name):
+    """Per-sequence state is allocated up to the highest id begun: an id of 10**6 used to
+    allocate state for a million sequences (ngram-map-k: until the OOM killer came)."""
+    from spec.engine import make_drafter
+    d = make_drafter(name)
+    for bad in (256, 10**6, -1):
+        with pytest.raises(ValueError, match=r"seq_id must be in \[0, 256\)"):
+            d.begin([1, 2, 3], seq_id=bad)
+    d.begin([1, 2, 3], seq_id=255)
+    d.draft([1, 2, 3], 1, 4, seq_id=255)

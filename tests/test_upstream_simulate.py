@@ -325,7 +325,7 @@ def test_capacity_grows_until_a_sequence_begins():
 
 def test_sequence_ids_bounded_by_llama_max_seq():
     d = LlamaDrafter("ngram-simple")
-    with pytest.raises(ValueError, match="at most 256"):
+    with pytest.raises(ValueError, match="LLAMA_MAX_SEQ"):
         d.begin([1, 2], seq_id=256)
     d.begin([1, 2], seq_id=255)
     assert d.capacity == 256
