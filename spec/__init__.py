@@ -11,8 +11,8 @@ Research code imports everything from here:
 - :func:`simulate` — replay a token stream through a drafter without a model.
 """
 from spec._errors import (ClosedError, ContextError, ContextOverflowError, DecodeAbortedError,
-                          DecodeError, InvalidBatchError, KVCacheFullError, ModelLoadError,
-                          SpecError)
+                          DecodeError, EngineBusyError, InvalidBatchError, KVCacheFullError,
+                          ModelLoadError, SpecError)
 from spec._core import Context, Model
 from spec.engine import Engine, Result, Stats, drafter_names, make_drafter
 from spec.models import ModelNotInstalledError
@@ -38,7 +38,7 @@ def llama_drafter(type_name: str, **params) -> LlamaDrafter:
 
 __all__ = [
     "ClosedError", "Context", "ContextError", "ContextOverflowError", "DecodeAbortedError",
-    "DecodeError", "Drafter", "Engine", "InvalidBatchError", "KVCacheFullError", "LlamaDrafter",
+    "DecodeError", "Drafter", "Engine", "EngineBusyError", "InvalidBatchError", "KVCacheFullError", "LlamaDrafter",
     "Model", "ModelLoadError", "ModelNotInstalledError", "NgramCache", "NgramMapK", "NgramMapK4V",
     "NgramMod", "NgramSimple", "Result", "SimResult", "SpecError", "Stats", "SuffixTree",
     "drafter_names", "llama_drafter", "make_drafter", "simulate",

@@ -18,6 +18,11 @@ class ClosedError(SpecError, ValueError):
     """A closed Model, Context or Engine was used."""
 
 
+class EngineBusyError(SpecError, RuntimeError):
+    """An Engine was asked for a generation while this thread's previous one (an unfinished
+    stream or iter_batch) still holds it."""
+
+
 class ContextOverflowError(SpecError, ValueError):
     """Tokens do not fit in the context window."""
 

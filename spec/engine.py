@@ -6,10 +6,13 @@
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from typing import Iterator, Sequence as Seq
 
@@ -17,7 +20,7 @@ import numpy as np
 
 from spec._core import Context, Model, as_tokens
 from spec._engine import Loop, Sequence
-from spec._errors import ContextOverflowError, SpecError
+from spec._errors import ClosedError, ContextOverflowError, EngineBusyError, SpecError
 from spec._stops import StopScanner
 from spec import models as _models
 
@@ -76,6 +79,49 @@ def _make_session(engine, kind, params):
 
 
 MAX_SEQ = 256   # llama.cpp's LLAMA_MAX_SEQ: sequences one context decodes together
+
+
+class _Turns:
+    """One generation at a time per engine (they share its context). Other threads wait their
+    turn; the thread whose generation is unfinished (an open stream or iter_batch) gets
+    EngineBusyError rather than a deadlock."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.owner: int | None = None       # the thread holding the turn
+
+    @contextmanager
+    def turn(self):
+        if self.owner == threading.get_ident():
+            raise EngineBusyError(
+                "this thread's previous generation (a stream or iter_batch) is unfinished: "
+                "exhaust or close() it first")
+        with self._lock:
+            self.owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self.owner = None
+
+
+def _exclusive(method):
+    """Run a generator method as the engine's one generation at a time (see _Turns); a close()
+    that arrives while it is suspended ends it with ClosedError and frees the engine after."""
+    @functools.wraps(method)
+    def generation(self, *args, **kwargs):
+        with self._turns.turn():
+            try:
+                if self.ctx.closed:
+                    raise ClosedError("engine is closed")
+                for item in method(self, *args, **kwargs):
+                    yield item
+                    if self._close_pending:
+                        raise ClosedError("engine is closed (closed while this generation was "
+                                          "unfinished)")
+            finally:
+                if self._close_pending:
+                    self._free()
+    return generation
 
 
 def _stop_list(stop) -> list[str]:
@@ -250,6 +296,8 @@ class Engine:
             raise ValueError(f"draft_cost must be >= 0, got {draft_cost}")
         self.draft_cost = float(draft_cost)
         self.draft_ctx = None
+        self._turns = _Turns()
+        self._close_pending = False
         session_params = dict(drafter_params or {})
         if session_kind is not None:
             self.drafter = None     # built below, once the target context exists
@@ -277,6 +325,17 @@ class Engine:
         self._loops = {}
 
     def close(self):
+        """Free the engine's contexts. A generation running in another thread finishes first;
+        one this thread left unfinished (an open stream or iter_batch) raises ClosedError when
+        resumed, and the contexts are freed as it ends."""
+        if self._turns.owner == threading.get_ident():
+            self._close_pending = True
+            return
+        with self._turns.turn():
+            self._free()
+
+    def _free(self):
+        self._close_pending = False
         self.ctx.close()
         if self.draft_ctx is not None:
             self.draft_ctx.close()
@@ -382,10 +441,9 @@ class Engine:
             if isinstance(piece, str):
                 yield piece
 
+    @_exclusive
     def _run(self, prompt, max_tokens, temperature, top_k, top_p, min_p, seed, stop, trace,
              streaming):
-        if self.ctx.closed:
-            raise SpecError("engine is closed")
         stop = _stop_list(stop)
         sq = self._sequence(0, prompt, max_tokens, temperature, top_k, top_p, min_p, seed, trace)
         loop = self._loop(trace)
@@ -469,6 +527,7 @@ class Engine:
 
     ORDERS = ("longest_first", "input")     # the orders batch requests may start in
 
+    @_exclusive
     def iter_batch(self, prompts, *, n_parallel=8, max_tokens=128, temperature=0.0, top_k=0,
                    top_p=1.0, min_p=0.0, seed=0, stop: Seq[str] = (), order="longest_first"):
         """Generate for many prompts, ``n_parallel`` sequences per decode batch; yields
@@ -489,8 +548,6 @@ class Engine:
         packs better. ``"input"`` starts them in input order. Results are the same either way
         (up to near-ties, as batch composition is); only when each one finishes changes.
         """
-        if self.ctx.closed:
-            raise SpecError("engine is closed")
         if order not in self.ORDERS:
             raise ValueError(f"order must be one of {self.ORDERS}, got {order!r}")
         defaults = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

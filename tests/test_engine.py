@@ -366,3 +366,71 @@ def test_a_closed_engine_refuses_work(tiny_model):
 def test_bad_engine_arguments_are_named(tiny_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         Engine(tiny_model, n_ctx=256, **kwargs)
+
+
+def test_threads_sharing_an_engine_take_turns(bigram_model, grounded):
+    """Concurrent generate() calls on one engine used to decode into its context at once and
+    crash the interpreter; they now run one after another with the same outputs."""
+    prompt, _ = grounded
+    prompts = [prompt[:n] for n in (40, 60, 80, 100)]
+    with Engine(bigram_model, drafter="ngram-simple", n_draft=4, n_ctx=1024) as engine:
+        want = [engine.generate(p, max_tokens=40).tokens.tolist() for p in prompts]
+        got, errors = {}, []
+
+        def work(i):
+            try:
+                got[i] = engine.generate(prompts[i], max_tokens=40).tokens.tolist()
+            except Exception as e:          # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    assert [got[i] for i in range(len(prompts))] == want
+
+
+def test_one_unfinished_generation_per_thread(bigram_model, grounded):
+    prompt, plain = grounded
+    with Engine(bigram_model, drafter="ngram-simple", n_draft=4, n_ctx=1024) as engine:
+        first = engine.stream(prompt, max_tokens=30)
+        next(first)
+        with pytest.raises(spec.EngineBusyError, match="unfinished"):
+            engine.generate(prompt, max_tokens=5)
+        with pytest.raises(spec.EngineBusyError):
+            next(engine.iter_batch([prompt], n_parallel=1))
+        first.close()                               # hands the engine back
+        result = engine.generate(prompt, max_tokens=30)
+    np.testing.assert_array_equal(result.tokens, plain.tokens[:30])
+
+
+def test_close_during_an_open_stream(bigram_model, grounded):
+    """The stream's next step raises ClosedError; the contexts are freed as it ends."""
+    prompt, _ = grounded
+    engine = Engine(bigram_model, drafter="ngram-simple", n_ctx=1024)
+    pieces = engine.stream(prompt, max_tokens=30)
+    next(pieces)
+    engine.close()
+    assert not engine.ctx.closed                    # still in use by the stream
+    with pytest.raises(spec.ClosedError, match="engine is closed"):
+        list(pieces)
+    assert engine.ctx.closed
+    with pytest.raises(spec.ClosedError, match="engine is closed"):
+        engine.generate(prompt, max_tokens=2)
+
+
+def test_close_from_another_thread_waits_for_the_generation(bigram_model, grounded):
+    prompt, plain = grounded
+    engine = Engine(bigram_model, drafter=None, n_ctx=1024)
+    pieces = engine.stream(prompt, max_tokens=60)
+    text = [next(pieces)]
+    closer = threading.Thread(target=engine.close)
+    closer.start()
+    closer.join(timeout=0.5)
+    assert closer.is_alive() and not engine.ctx.closed, "close() did not wait for the stream"
+    text += list(pieces)
+    closer.join(timeout=10)
+    assert not closer.is_alive() and engine.ctx.closed
+    assert "".join(text) == plain.text[:len("".join(text))] and len(text) > 1
