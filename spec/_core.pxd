@@ -39,6 +39,7 @@ cdef class Context:
     cdef int n_outputs            # rows of logits produced by the last decode
     cdef bint closed
     cdef int n_views              # live numpy views over the logits buffer
+    cdef int outputs_held         # rows of logits llama.cpp's output buffer holds (it grows)
     cdef public object seed       # default seed for samplers drawing from this context
     cdef readonly str ctx_type    # "default" or "mtp"
     cdef readonly int n_rs_seq    # recurrent rollback depth llama.cpp granted (0: none)

@@ -495,6 +495,7 @@ cdef class Context:
         self.n_ctx = llama_n_ctx(self.ptr)
         self.n_batch = llama_n_batch(self.ptr)
         self.n_seq_max = llama_n_seq_max(self.ptr)
+        self.outputs_held = self.n_seq_max     # llama.cpp reserves max(n_seq_max, n_outputs)
         self.n_vocab = model.n_vocab
         self.batch = llama_batch_init(self.n_batch, 0, 1)
         self.batch_capacity = self.n_batch
@@ -573,15 +574,25 @@ cdef class Context:
         return 0
 
     cdef int batch_decode(self) except -1 nogil:
-        cdef int32_t rc = llama_decode(self.ptr, self.batch)
-        cdef int i
+        cdef int32_t rc
+        cdef int i, n_out = 0
+        for i in range(self.batch.n_tokens):
+            n_out += self.batch.logits[i] != 0
+        if n_out > self.outputs_held and self.n_views > 0:
+            # llama.cpp would reallocate its output buffer and leave the views dangling (as
+            # numpy refuses to resize an array that others reference)
+            with gil:
+                raise BufferError(
+                    f"this decode needs {n_out} rows of logits, more than llama.cpp's output "
+                    f"buffer holds ({self.outputs_held}): it would move the buffer that a live "
+                    f"logits() view points into; delete (or copy) the view first")
+        rc = llama_decode(self.ptr, self.batch)
         if rc != 0:
             self.n_outputs = 0
             with gil:
                 raise decode_error(rc, self.batch.n_tokens)
-        self.n_outputs = 0
-        for i in range(self.batch.n_tokens):
-            self.n_outputs += self.batch.logits[i] != 0
+        self.outputs_held = max(self.outputs_held, n_out)
+        self.n_outputs = n_out
         return 0
 
     cdef int decode_tokens(self, const token_t* tokens, int n, pos_t pos0, seq_t seq,
@@ -639,7 +650,9 @@ cdef class Context:
     def logits(self):
         """Zero-copy float32 view ``(n_outputs, n_vocab)`` of the last decode's logits.
 
-        The view keeps the context alive; its contents are overwritten by the next decode.
+        The view keeps the context alive; its contents are overwritten by the next decode. A
+        decode with more output rows than any before it (which makes llama.cpp reallocate the
+        buffer) raises BufferError while a view is alive: copy what you keep.
         """
         self.check_open()
         cdef float* data = llama_get_logits(self.ptr)

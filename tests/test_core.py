@@ -536,3 +536,24 @@ def test_context_over_a_vocab_only_model_raises(vocab_path):
     """)
     assert r.returncode == 0, f"interpreter died (rc {r.returncode}): {crash_lines(r.stderr)}"
     assert r.stdout.startswith("raised"), r.stdout
+
+
+def test_a_live_logits_view_is_never_left_dangling(tiny_model):
+    """A decode with more output rows than llama.cpp's buffer holds reallocates it: with a
+    logits() view alive that decode is refused (the view used to point into freed memory)."""
+    ctx = Context(tiny_model, n_ctx=256, n_batch=64)
+    tokens = np.arange(3, 43, dtype=np.int32)
+    ctx.decode(tokens[:4])
+    view = ctx.logits()
+    first = view.copy()
+    with pytest.raises(BufferError, match="delete \\(or copy\\) the view"):
+        ctx.decode(tokens[4:20], all_logits=True)
+    np.testing.assert_array_equal(view, first)       # untouched: nothing was decoded
+    del view
+    ctx.decode(tokens[4:20], all_logits=True)        # the buffer grows to 16 rows
+    view = ctx.logits()
+    assert view.shape[0] == 16
+    ctx.decode(tokens[20:28], all_logits=True)       # fits the buffer: a view may stay alive
+    assert view.shape[0] == 16 and ctx.logits().shape[0] == 8
+    del view
+    ctx.close()
