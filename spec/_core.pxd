@@ -40,6 +40,7 @@ cdef class Context:
     cdef bint closed
     cdef int n_views              # live numpy views over the logits buffer
     cdef int outputs_held         # rows of logits llama.cpp's output buffer holds (it grows)
+    cdef object lock              # one thread at a time (see _one_thread_at_a_time)
     cdef public object seed       # default seed for samplers drawing from this context
     cdef readonly str ctx_type    # "default" or "mtp"
     cdef readonly int n_rs_seq    # recurrent rollback depth llama.cpp granted (0: none)

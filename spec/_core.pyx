@@ -4,8 +4,10 @@ Lifetimes: a Context holds a reference to its Model, and numpy views of the logi
 Context, so nothing is freed while something still points into it. ``close()`` is idempotent:
 it makes the handle unusable at once and frees the C object as soon as nothing borrows it.
 """
+import functools
 import logging
 import os
+import threading
 
 import numpy as np
 cimport numpy as cnp
@@ -417,6 +419,16 @@ cdef class _LogitsView:
                 self.ctx.release()
 
 
+def _one_thread_at_a_time(method):
+    """Run a Context method under the context's lock: a llama.cpp context is not thread-safe,
+    and decodes run without the GIL, so two threads would otherwise use it at once."""
+    @functools.wraps(method)
+    def locked(Context self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 cdef class Context:
     """A llama.cpp inference context (KV memory + compute buffers) over a Model.
 
@@ -433,6 +445,8 @@ cdef class Context:
         Sequences that can share the context (batched generation).
     seed : int
         Seed for the samplers that draw from this context.
+
+    Its methods hold the context's lock, so threads sharing a context take turns.
     """
 
     def __cinit__(self):
@@ -442,6 +456,7 @@ cdef class Context:
         self.batch_capacity = 0
         self.n_outputs = 0
         self.n_sessions = 0
+        self.lock = threading.RLock()
 
     def __init__(self, Model model not None, *, n_ctx=None, int n_batch=512, n_threads=None,
                  int n_seq_max=1, seed=0, ctx_type="default", n_rs_seq=0, Context ctx_other=None,
@@ -527,6 +542,7 @@ cdef class Context:
                         self.ctx_other.n_views == 0:
                     self.ctx_other.release()
 
+    @_one_thread_at_a_time
     def close(self):
         """Release the context; it is freed once no logits view points into it."""
         if self.closed:
@@ -622,6 +638,7 @@ cdef class Context:
         if seq_id < 0 or seq_id >= self.n_seq_max:
             raise ValueError(f"seq_id must be in [0, {self.n_seq_max}), got {seq_id}")
 
+    @_one_thread_at_a_time
     def decode(self, tokens, *, int pos=-1, int seq_id=0, bint all_logits=False):
         """Decode ``tokens`` for ``seq_id`` starting at position ``pos`` (default: after the
         sequence's last position). Afterwards :meth:`logits` holds one row per output position:
@@ -647,6 +664,7 @@ cdef class Context:
         with nogil:
             self.decode_tokens(&toks[0], n, pos, seq_id, all_logits)
 
+    @_one_thread_at_a_time
     def logits(self):
         """Zero-copy float32 view ``(n_outputs, n_vocab)`` of the last decode's logits.
 
@@ -668,6 +686,7 @@ cdef class Context:
         cnp.set_array_base(arr, owner)
         return arr
 
+    @_one_thread_at_a_time
     def kv_remove(self, int seq_id, int p0=0, int p1=-1):
         """Remove positions [p0, p1) of ``seq_id`` from the KV memory (p1 < 0: to the end).
 
@@ -679,6 +698,7 @@ cdef class Context:
             raise ValueError(f"seq_id must be < {self.n_seq_max}, got {seq_id}")
         return self.seq_rm(seq_id, p0, p1)
 
+    @_one_thread_at_a_time
     def kv_copy(self, int src_seq, int dst_seq, int p0=0, int p1=-1):
         """Copy positions [p0, p1) of ``src_seq`` into ``dst_seq``."""
         self.check_open()
@@ -686,22 +706,26 @@ cdef class Context:
         self._check_seq(dst_seq)
         llama_memory_seq_cp(llama_get_memory(self.ptr), src_seq, dst_seq, p0, p1)
 
+    @_one_thread_at_a_time
     def kv_clear(self):
         """Empty the KV memory of every sequence."""
         self.check_open()
         llama_memory_clear(llama_get_memory(self.ptr), True)
 
+    @_one_thread_at_a_time
     def kv_pos_max(self, int seq_id=0):
         """The largest position stored for ``seq_id`` (-1 if empty)."""
         self.check_open()
         self._check_seq(seq_id)
         return self.seq_pos_max(seq_id)
 
+    @_one_thread_at_a_time
     def kv_pos_min(self, int seq_id=0):
         self.check_open()
         self._check_seq(seq_id)
         return llama_memory_seq_pos_min(llama_get_memory(self.ptr), seq_id)
 
+    @_one_thread_at_a_time
     def generate_greedy(self, prompt, int max_tokens, *, int seq_id=0, bint stop_at_eog=True):
         """Plain greedy generation: prefill ``prompt`` in chunks of n_batch, then one token per
         decode, all without the GIL. Returns ``(tokens, prefill_s, decode_s)``.

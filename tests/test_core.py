@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -557,3 +558,37 @@ def test_a_live_logits_view_is_never_left_dangling(tiny_model):
     assert view.shape[0] == 16 and ctx.logits().shape[0] == 8
     del view
     ctx.close()
+
+
+def test_threads_sharing_a_context_take_turns(tiny_model):
+    """Decodes run without the GIL: two threads used to drive one llama.cpp context at once
+    (the process aborted). Each method now holds the context's lock; outputs are unchanged."""
+    prompts = [np.arange(5 + 3 * i, 25 + 3 * i, dtype=np.int32) for i in range(4)]
+    with Context(tiny_model, n_ctx=512, n_seq_max=4, n_threads=1) as ctx:
+        want = []
+        for seq, p in enumerate(prompts):
+            want.append(ctx.generate_greedy(p, 12, seq_id=seq, stop_at_eog=False)[0].tolist())
+            ctx.kv_remove(seq)
+        got, errors = {}, []
+
+        def work(seq):
+            try:
+                for _ in range(3):
+                    ctx.kv_remove(seq)
+                    ctx.decode(prompts[seq], pos=0, seq_id=seq)
+                    assert ctx.kv_pos_max(seq) == len(prompts[seq]) - 1
+                    view = ctx.logits()
+                    del view
+                ctx.kv_remove(seq)
+                got[seq] = ctx.generate_greedy(prompts[seq], 12, seq_id=seq,
+                                               stop_at_eog=False)[0].tolist()
+            except Exception as e:          # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    assert [got[s] for s in range(4)] == want
