@@ -588,7 +588,8 @@ def _generate_loop(engine, out, batch, invalid, n_parallel, order, totals, bar, 
 
 def format_summary(s: dict) -> str:
     """The human-readable summary printed on stderr."""
-    lines = [f"batch: {s['requests']} requests in {s['input']}: {s['done']} generated, "
+    lines = [f"batch: {s['requests']} request{'s' if s['requests'] != 1 else ''} in "
+             f"{s['input']}: {s['done']} generated, "
              f"{s['skipped']} skipped (already in {s['output']}), {s['remaining']} remaining; "
              f"{s['n_invalid']} invalid line{'s' if s['n_invalid'] != 1 else ''}"]
     for x in s["invalid"]:
