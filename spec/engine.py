@@ -124,6 +124,14 @@ def _exclusive(method):
     return generation
 
 
+def _check_n_parallel(n_parallel) -> None:
+    if isinstance(n_parallel, bool) or not isinstance(n_parallel, (int, np.integer)):
+        raise TypeError(f"n_parallel must be an integer, got {n_parallel!r}")
+    if not 0 < n_parallel <= MAX_SEQ:
+        raise ValueError(f"n_parallel must be in [1, {MAX_SEQ}] (llama.cpp's LLAMA_MAX_SEQ), "
+                         f"got {n_parallel}")
+
+
 def _stop_list(stop) -> list[str]:
     """``stop`` (a string, or an iterable of them, or None) as a list of non-empty strings."""
     if stop is None:
@@ -286,12 +294,7 @@ class Engine:
         if self.n_draft <= 0:
             name = "n_draft_max" if self.auto_draft else "n_draft"
             raise ValueError(f"{name} must be > 0, got {self.n_draft}")
-        if isinstance(n_parallel, bool) or not isinstance(n_parallel, (int, np.integer)) \
-                or n_parallel <= 0:
-            raise ValueError(f"n_parallel must be an integer > 0, got {n_parallel!r}")
-        if n_parallel > MAX_SEQ:
-            raise ValueError(f"n_parallel={n_parallel} exceeds {MAX_SEQ}, the most sequences "
-                             f"llama.cpp decodes together (LLAMA_MAX_SEQ)")
+        _check_n_parallel(n_parallel)
         if not draft_cost >= 0:
             raise ValueError(f"draft_cost must be >= 0, got {draft_cost}")
         self.draft_cost = float(draft_cost)
@@ -476,13 +479,7 @@ class Engine:
                      "stop"}
 
     def _batch_context(self, n_parallel: int) -> None:
-        if isinstance(n_parallel, bool) or not isinstance(n_parallel, (int, np.integer)):
-            raise TypeError(f"n_parallel must be an integer, got {n_parallel!r}")
-        if n_parallel <= 0:
-            raise ValueError(f"n_parallel must be > 0, got {n_parallel}")
-        if n_parallel > MAX_SEQ:
-            raise ValueError(f"n_parallel={n_parallel} exceeds {MAX_SEQ}, the most sequences "
-                             f"llama.cpp decodes together (LLAMA_MAX_SEQ)")
+        _check_n_parallel(n_parallel)
         if n_parallel > self.ctx.n_batch:
             raise ValueError(f"n_parallel={n_parallel} exceeds n_batch={self.ctx.n_batch}: every "
                              f"step decodes one row per sequence in one batch")

@@ -356,15 +356,15 @@ def test_a_closed_engine_refuses_work(tiny_model):
         engine.generate_batch(["hello", "world"], n_parallel=2, max_tokens=2)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(n_parallel=0), "n_parallel must be an integer > 0"),
-    (dict(n_parallel=1.5), "n_parallel must be an integer > 0"),
-    (dict(n_draft_max=0), "n_draft_max must be > 0"),
-    (dict(n_draft=0), "n_draft must be > 0"),
-    (dict(n_parallel=257), "LLAMA_MAX_SEQ"),
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(n_parallel=0), ValueError, r"n_parallel must be in \[1, 256\]"),
+    (dict(n_parallel=257), ValueError, "LLAMA_MAX_SEQ"),
+    (dict(n_parallel=1.5), TypeError, "n_parallel must be an integer"),
+    (dict(n_draft_max=0), ValueError, "n_draft_max must be > 0"),
+    (dict(n_draft=0), ValueError, "n_draft must be > 0"),
 ])
-def test_bad_engine_arguments_are_named(tiny_model, kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_engine_arguments_are_named(tiny_model, kwargs, error, message):
+    with pytest.raises(error, match=message):
         Engine(tiny_model, n_ctx=256, **kwargs)
 
 
