@@ -14,7 +14,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
-from typing import Iterator, Sequence as Seq
+from typing import Iterator, Literal, Sequence as Seq
 
 import numpy as np
 
@@ -176,7 +176,9 @@ def make_drafter(name: str, **params):
 
 @dataclass
 class Stats:
-    """Counters and timings of one generation."""
+    """Counters and timings of one generation. ``n_generated`` counts the output tokens; the
+    step counters count what the steps did, including tokens a final step accepted past a
+    stop string (which are not output)."""
     n_prompt: int = 0
     n_generated: int = 0
     n_steps: int = 0              # verify decodes
@@ -526,7 +528,8 @@ class Engine:
 
     @_exclusive
     def iter_batch(self, prompts, *, n_parallel=8, max_tokens=128, temperature=0.0, top_k=0,
-                   top_p=1.0, min_p=0.0, seed=0, stop: Seq[str] = (), order="longest_first"):
+                   top_p=1.0, min_p=0.0, seed=0, stop: Seq[str] = (),
+                   order: Literal["longest_first", "input"] = "longest_first"):
         """Generate for many prompts, ``n_parallel`` sequences per decode batch; yields
         ``(index, Result)`` as each request finishes.
 
