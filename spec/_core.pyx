@@ -17,7 +17,7 @@ from libcpp.vector cimport vector
 from libc.stdlib cimport free, malloc
 
 from spec._llama cimport *
-from spec._typedefs cimport pos_t, seq_t, token_t
+from spec._typedefs cimport LLAMA_MAX_SEQ, pos_t, seq_t, token_t
 from spec._verify cimport argmax
 from spec._errors import (ClosedError, ContextError, ContextOverflowError, ModelLoadError,
                           SpecError, decode_error)
@@ -417,6 +417,10 @@ cdef class _LogitsView:
             self.ctx.n_views -= 1
             if self.ctx.closed and self.ctx.n_views == 0:
                 self.ctx.release()
+
+
+#: The most sequences one context decodes together (llama.cpp's LLAMA_MAX_SEQ).
+MAX_SEQ = LLAMA_MAX_SEQ
 
 
 def _one_thread_at_a_time(method):

@@ -36,7 +36,7 @@ from spec._common_spec cimport (
     common_speculative_get_draft_params, common_speculative_init, common_speculative_type,
     common_speculative_type_from_name, llama_tokens,
 )
-from spec._typedefs cimport token_t
+from spec._typedefs cimport LLAMA_MAX_SEQ, token_t
 from spec.ngram._base cimport Drafter
 
 
@@ -56,12 +56,6 @@ cdef enum:
 cdef enum:
     MAX_SIZE_M = 32767
     MAX_U16 = 65535
-
-# Sequence ids per drafter: llama.cpp's LLAMA_MAX_SEQ (src/llama-cparams.h), the most a context
-# can hold. Also bounds memory: ngram-map keeps a 1 MiB hash table per sequence.
-cdef enum:
-    MAX_SEQ = 256
-
 
 def set_log_verbosity(int verbosity):
     """Print upstream ``common_log`` messages up to ``verbosity`` (-1: none, 2: warnings, 5: debug).
@@ -223,7 +217,7 @@ cdef class LlamaDrafter(Drafter):
         if type_name not in SUPPORTED_TYPES:
             raise ValueError(f"unknown or unsupported speculative type {type_name!r}; "
                              f"LlamaDrafter supports {', '.join(SUPPORTED_TYPES)}")
-        cdef int n = _int_param(type_name, "n_seq", n_seq, 1, MAX_SEQ)
+        cdef int n = _int_param(type_name, "n_seq", n_seq, 1, LLAMA_MAX_SEQ)
         unknown = sorted(set(params) - set(DEFAULTS[type_name]))
         if unknown:
             raise ValueError(f"{type_name} has no parameter {unknown[0]!r} "
@@ -304,8 +298,8 @@ cdef class LlamaDrafter(Drafter):
     cdef int _reserve(self, int n_seq) except -1:
         if n_seq <= self.capacity:
             return 0
-        if n_seq > MAX_SEQ:
-            raise ValueError(f"LlamaDrafter serves at most {MAX_SEQ} sequences (llama.cpp's "
+        if n_seq > LLAMA_MAX_SEQ:
+            raise ValueError(f"LlamaDrafter serves at most {LLAMA_MAX_SEQ} sequences (llama.cpp's "
                              f"LLAMA_MAX_SEQ); sequence id {n_seq - 1} is out of range")
         if self.started:
             raise ValueError(

@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spec._core import MAX_SEQ
+
 #: Keys an input line may hold.
 REQUEST_KEYS = ("id", "prompt", "max_tokens", "temperature", "top_k", "top_p", "min_p", "seed",
                 "stop")
@@ -39,7 +41,7 @@ REQUEST_KEYS = ("id", "prompt", "max_tokens", "temperature", "top_k", "top_p", "
 STAT_KEYS = ("n_steps", "n_drafted", "n_accepted", "accept_rate", "mean_accept_len")
 
 #: Most sequences one llama.cpp context decodes together (LLAMA_MAX_SEQ).
-MAX_PARALLEL = 256
+MAX_PARALLEL = MAX_SEQ
 #: Orders requests may start in (see :meth:`spec.Engine.iter_batch`).
 ORDERS = ("longest_first", "input")
 

@@ -18,7 +18,7 @@ from typing import Iterator, Literal, Sequence as Seq
 
 import numpy as np
 
-from spec._core import Context, Model, as_tokens
+from spec._core import MAX_SEQ, Context, Model, as_tokens
 from spec._engine import Loop, Sequence
 from spec._errors import ClosedError, ContextOverflowError, EngineBusyError, SpecError
 from spec._stops import StopScanner
@@ -76,9 +76,6 @@ def _make_session(engine, kind, params):
     engine.draft_ctx = draft_ctx
     cls = getattr(sessions, SESSION_DRAFTERS[kind])
     return cls(ctx, draft_ctx, ctx.n_seq_max, engine.n_draft, n_min=n_min, p_min=p_min)
-
-
-MAX_SEQ = 256   # llama.cpp's LLAMA_MAX_SEQ: sequences one context decodes together
 
 
 class _Turns:

@@ -9,15 +9,9 @@ from libc.string cimport memset
 import numpy as np
 cimport numpy as cnp
 
-from spec._typedefs cimport token_t
+from spec._typedefs cimport LLAMA_MAX_SEQ, token_t
 
 cnp.import_array()
-
-cdef enum:
-    # Sequence ids per drafter: llama.cpp's LLAMA_MAX_SEQ, the most a context decodes together
-    # (and the bound of LlamaDrafter); per-sequence state is allocated up to the highest id begun.
-    MAX_SEQ = 256
-
 
 cdef extern from *:
     """
@@ -147,8 +141,9 @@ cdef class Drafter:
         self.check_seq(seq_id, need_begun)
 
     cdef int check_seq(self, int seq_id, bint need_begun) except -1:
-        if not 0 <= seq_id < MAX_SEQ:
-            raise ValueError(f"seq_id must be in [0, {MAX_SEQ}) (llama.cpp's LLAMA_MAX_SEQ), "
+        # per-sequence state is allocated up to the highest id begun
+        if not 0 <= seq_id < LLAMA_MAX_SEQ:
+            raise ValueError(f"seq_id must be in [0, {LLAMA_MAX_SEQ}) (llama.cpp's LLAMA_MAX_SEQ), "
                              f"got {seq_id}")
         if need_begun and (seq_id >= self.n_seq or not self.begun[seq_id]):
             raise ValueError(f"unknown sequence id {seq_id}: call begin(prompt, seq_id={seq_id}) first")
