@@ -12,7 +12,7 @@ Research code imports everything from here:
 """
 from spec._errors import (ClosedError, ContextError, ContextOverflowError, DecodeAbortedError,
                           DecodeError, EngineBusyError, InvalidBatchError, KVCacheFullError,
-                          ModelLoadError, SpecError)
+                          ModelLoadError, NonFiniteLogitsError, SpecError)
 from spec._core import Context, Model
 from spec.engine import Engine, Result, Stats, drafter_names, make_drafter
 from spec.models import ModelNotInstalledError
@@ -40,7 +40,7 @@ __all__ = [
     "ClosedError", "Context", "ContextError", "ContextOverflowError", "DecodeAbortedError",
     "DecodeError", "Drafter", "Engine", "EngineBusyError", "InvalidBatchError", "KVCacheFullError", "LlamaDrafter",
     "Model", "ModelLoadError", "ModelNotInstalledError", "NgramCache", "NgramMapK", "NgramMapK4V",
-    "NgramMod", "NgramSimple", "Result", "SimResult", "SpecError", "Stats", "SuffixTree",
+    "NgramMod", "NgramSimple", "NonFiniteLogitsError", "Result", "SimResult", "SpecError", "Stats", "SuffixTree",
     "drafter_names", "llama_drafter", "make_drafter", "simulate",
     "BadSeqIdError", "DFlashSession", "DraftModelSession", "Eagle3Session", "InvalidConfigError",
     "MtpSession", "Session", "SessionConfig", "SessionInitError", "SessionProcessError",

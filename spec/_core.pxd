@@ -20,9 +20,10 @@ cdef class Model:
     cdef readonly bint vocab_only # loaded without weights: tokenizer only, no contexts
     cdef readonly bint load_mtp   # loaded with its MTP (NextN) heads
     cdef bint closed              # close() was called; freed once no context uses it
-    cdef int n_contexts           # open contexts borrowing this model
+    cdef int n_contexts           # open contexts (and running nogil calls) borrowing this model
 
     cdef int check_open(self) except -1
+    cdef int borrow(self) except -1   # check_open, then count one more borrower (see release)
     cdef int check_tokens(self, const token_t[::1] tokens, str name) except -1
     cdef void release(self) noexcept
 
@@ -41,6 +42,7 @@ cdef class Context:
     cdef int n_views              # live numpy views over the logits buffer
     cdef int outputs_held         # rows of logits llama.cpp's output buffer holds (it grows)
     cdef object lock              # one thread at a time (see _one_thread_at_a_time)
+    cdef object holder            # thread id of the engine generation holding it, or None
     cdef public object seed       # default seed for samplers drawing from this context
     cdef readonly str ctx_type    # "default" or "mtp"
     cdef readonly int n_rs_seq    # recurrent rollback depth llama.cpp granted (0: none)
@@ -51,6 +53,7 @@ cdef class Context:
 
     cdef int check_open(self) except -1
     cdef void release(self) noexcept
+    cdef object nonfinite_error(self)   # NonFiniteLogitsError naming the model
 
     # Batch building: clear, add tokens, decode. The engine builds multi-sequence batches this way.
     cdef void batch_clear(self) noexcept nogil

@@ -14,13 +14,15 @@ cimport numpy as cnp
 from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libcpp.vector cimport vector
+from libc.math cimport isfinite
 from libc.stdlib cimport free, malloc
 
 from spec._llama cimport *
 from spec._typedefs cimport LLAMA_MAX_SEQ, pos_t, seq_t, token_t
 from spec._verify cimport argmax
-from spec._errors import (ClosedError, ContextError, ContextOverflowError, ModelLoadError,
-                          SpecError, decode_error)
+from spec._errors import (ClosedError, ContextError, ContextOverflowError, EngineBusyError,
+                          ModelLoadError, NonFiniteLogitsError, SpecError, decode_error)
+from spec._modelfile import check_model_file
 
 cnp.import_array()
 
@@ -97,6 +99,12 @@ cdef const token_t[::1] _as_tokens(object tokens, str name):
         raise ValueError(f"{name} must be a 1-D sequence of token ids, got shape {arr.shape}")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
+    if arr.dtype.itemsize > 4 or arr.dtype == np.uint32:
+        # checked before the cast to int32, which would wrap 2**32 + 300 around to 300
+        out_of_range = (arr < 0) | (arr > 0x7FFFFFFF)
+        if out_of_range.any():
+            i = int(np.argmax(out_of_range))
+            raise ValueError(f"{name}[{i}] = {arr[i]} is not a token id (outside int32)")
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
@@ -136,7 +144,7 @@ cdef class Model:
 
     Parameters
     ----------
-    path : str or os.PathLike
+    path : str, bytes or os.PathLike
         The GGUF file.
     vocab_only : bool
         Load only the vocabulary (tokenize/detokenize; no weights, no contexts).
@@ -153,22 +161,14 @@ cdef class Model:
         self.n_contexts = 0
 
     def __init__(self, path, *, bint vocab_only=False, int n_gpu_layers=0, bint load_mtp=False):
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"model file not found: {path}")
-        if os.path.isdir(path):
-            raise IsADirectoryError(f"model path is a directory: {path}")
-        with open(path, "rb") as f:
-            magic = f.read(4)
-        if magic != b"GGUF":
-            raise ModelLoadError(f"{path}: not a GGUF file (magic {magic!r})")
+        path = check_model_file(path)
         refresh_log_level()
         cdef llama_model_params params = llama_model_default_params()
         params.vocab_only = vocab_only
         params.n_gpu_layers = n_gpu_layers
         params.load_mtp = load_mtp
         self.load_mtp = load_mtp
-        cdef bytes bpath = path.encode()
+        cdef bytes bpath = os.fsencode(path)
         cdef const char* cpath = bpath
         with nogil:
             self.ptr = llama_model_load_from_file(cpath, params)
@@ -185,6 +185,12 @@ cdef class Model:
             llama_model_free(self.ptr)
             self.ptr = NULL
 
+    cdef int borrow(self) except -1:
+        # checked and counted with no Python code in between (where another thread could close)
+        self.check_open()
+        self.n_contexts += 1
+        return 0
+
     cdef void release(self) noexcept:
         self.n_contexts -= 1
         if self.closed and self.n_contexts == 0 and self.ptr != NULL:
@@ -192,7 +198,8 @@ cdef class Model:
             self.ptr = NULL
 
     def close(self):
-        """Release the model; it is freed once the last context using it is closed."""
+        """Release the model; it is freed once the last context (or running tokenize) using it
+        is done."""
         if self.closed:
             return
         self.closed = True
@@ -349,19 +356,23 @@ cdef class Model:
         cdef const char* cdata = data
         cdef int32_t n_data = len(data)
         cdef int32_t n
-        with nogil:
-            n = llama_tokenize(self.vocab, cdata, n_data, <token_t*> out.data, n_max,
-                               add_special, parse_special)
-        if n < 0:
-            if n == -0x7FFFFFFF - 1:
-                raise ValueError("tokenization overflowed int32")
-            n_max = -n
-            out = np.empty(n_max, dtype=np.int32)
+        self.borrow()       # a close() from another thread meanwhile must not free the vocabulary
+        try:
             with nogil:
                 n = llama_tokenize(self.vocab, cdata, n_data, <token_t*> out.data, n_max,
                                    add_special, parse_special)
             if n < 0:
-                raise SpecError("llama_tokenize failed")
+                if n == -0x7FFFFFFF - 1:
+                    raise ValueError("tokenization overflowed int32")
+                n_max = -n
+                out = np.empty(n_max, dtype=np.int32)
+                with nogil:
+                    n = llama_tokenize(self.vocab, cdata, n_data, <token_t*> out.data, n_max,
+                                       add_special, parse_special)
+                if n < 0:
+                    raise SpecError("llama_tokenize failed")
+        finally:
+            self.release()
         return out[:n].copy()
 
     def token_to_piece(self, int token, bint special=False):
@@ -425,10 +436,15 @@ MAX_SEQ = LLAMA_MAX_SEQ
 
 def _one_thread_at_a_time(method):
     """Run a Context method under the context's lock: a llama.cpp context is not thread-safe,
-    and decodes run without the GIL, so two threads would otherwise use it at once."""
+    and decodes run without the GIL, so two threads would otherwise use it at once. While an
+    engine generation holds the context (see Context._hold), other threads get EngineBusyError:
+    a call between two of its steps would silently change its output."""
     @functools.wraps(method)
     def locked(Context self, *args, **kwargs):
         with self.lock:
+            if self.holder is not None and self.holder != threading.get_ident():
+                raise EngineBusyError("this context is in use by an engine generation in "
+                                      "another thread")
             return method(self, *args, **kwargs)
     return locked
 
@@ -461,6 +477,7 @@ cdef class Context:
         self.n_outputs = 0
         self.n_sessions = 0
         self.lock = threading.RLock()
+        self.holder = None
 
     def __init__(self, Model model not None, *, n_ctx=None, int n_batch=512, n_threads=None,
                  int n_seq_max=1, seed=0, ctx_type="default", n_rs_seq=0, Context ctx_other=None,
@@ -489,8 +506,10 @@ cdef class Context:
                                  f"load_mtp=True) (its MTP heads were not loaded)")
         if int(n_rs_seq) < 0:
             raise ValueError(f"n_rs_seq must be >= 0, got {n_rs_seq}")
-        if ctx_other is not None:
-            ctx_other.check_open()
+        if int(n_rs_seq) > n_batch - 2:
+            # llama.cpp keeps each sequence's last n_rs_seq + 1 tokens in one ubatch of n_batch
+            # and asserts (aborting the process) when they cannot fit
+            raise ValueError(f"n_rs_seq must be <= n_batch - 2 = {n_batch - 2}, got {n_rs_seq}")
         refresh_log_level()
         cdef llama_context_params params = llama_context_default_params()
         params.n_ctx = n_ctx
@@ -503,14 +522,21 @@ cdef class Context:
         params.ctx_type = LLAMA_CONTEXT_TYPE_MTP if ctx_type == "mtp" else LLAMA_CONTEXT_TYPE_DEFAULT
         params.kv_unified = True
         params.embeddings = embeddings
-        params.ctx_other = ctx_other.ptr if ctx_other is not None else NULL
+        if ctx_other is not None:
+            ctx_other.check_open()
+        model.borrow()      # from here on a close() in another thread defers the free
+        if ctx_other is not None:
+            ctx_other.n_sessions += 1
+            params.ctx_other = ctx_other.ptr
         with nogil:
             self.ptr = llama_init_from_model(model.ptr, params)
         if self.ptr == NULL:
+            model.release()
+            if ctx_other is not None:
+                ctx_other.n_sessions -= 1
             raise ContextError(f"llama.cpp could not create a context (n_ctx={n_ctx}, "
                                f"n_batch={n_batch}); see the 'spec.llama' log")
         self.model = model
-        model.n_contexts += 1
         self.n_ctx = llama_n_ctx(self.ptr)
         self.n_batch = llama_n_batch(self.ptr)
         self.n_seq_max = llama_n_seq_max(self.ptr)
@@ -523,7 +549,6 @@ cdef class Context:
         if ctx_other is not None:
             # the draft context reads the other's state: keep it alive until this one goes
             self.ctx_other = ctx_other
-            ctx_other.n_sessions += 1
         self.n_rs_seq = llama_n_rs_seq(self.ptr)
         self.recurrent = llama_model_is_recurrent(model.ptr) or llama_model_is_hybrid(model.ptr)
         self.ckpts.resize(self.n_seq_max)
@@ -560,6 +585,15 @@ cdef class Context:
 
     def __exit__(self, *exc):
         self.close()
+
+    def _hold(self, thread_id):
+        """Reserve the context for the engine generation running in ``thread_id`` (None: free
+        it again). Waits for a call in progress in another thread."""
+        with self.lock:
+            if thread_id is not None and self.holder not in (None, thread_id):
+                raise EngineBusyError("this context is in use by an engine generation in "
+                                      "another thread")
+            self.holder = thread_id
 
     cdef int check_open(self) except -1:
         if self.closed or self.ptr == NULL:
@@ -660,7 +694,7 @@ cdef class Context:
                              f"got {pos}")
         if pos < 0:
             pos = self.seq_pos_max(seq_id) + 1
-        if pos + n > self.n_ctx:
+        if <int64_t> pos + n > self.n_ctx:      # int64: pos near 2**31 must not wrap
             raise ContextOverflowError(
                 f"{n} tokens at position {pos} do not fit in the context (n_ctx={self.n_ctx})")
         if all_logits and n > self.batch_capacity:
@@ -698,8 +732,9 @@ cdef class Context:
         range (recurrent models).
         """
         self.check_open()
-        if seq_id >= self.n_seq_max:
-            raise ValueError(f"seq_id must be < {self.n_seq_max}, got {seq_id}")
+        if not -1 <= seq_id < self.n_seq_max:
+            raise ValueError(f"seq_id must be in [0, {self.n_seq_max}), or -1 for every "
+                             f"sequence, got {seq_id}")
         return self.seq_rm(seq_id, p0, p1)
 
     @_one_thread_at_a_time
@@ -763,6 +798,11 @@ cdef class Context:
             t2 = llama_time_us()
         return out[:n_out].copy(), (t1 - t0) * 1e-6, (t2 - t1) * 1e-6
 
+    cdef object nonfinite_error(self):
+        return NonFiniteLogitsError(
+            f"model {self.model.path!r} produced NaN or infinite logits (do its weights hold "
+            f"NaN or Inf values?)")
+
     cdef int ckpt_save(self, seq_t seq) except -1 nogil:
         cdef vector[uint8_t]* buf = &self.ckpts[seq]
         cdef size_t n = llama_state_seq_get_size_ext(self.ptr, seq, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY)
@@ -785,8 +825,13 @@ cdef class Context:
                           token_t* out) except -1 nogil:
         cdef int n_out = 0
         cdef token_t tok
+        cdef const float* row
         while n_out < max_tokens:
-            tok = argmax(self.logits_row(-1), self.n_vocab)   # vectorized
+            row = self.logits_row(-1)
+            tok = argmax(row, self.n_vocab)   # vectorized
+            if not isfinite(row[tok]):
+                with gil:
+                    raise self.nonfinite_error()
             if stop_at_eog and llama_vocab_is_eog(self.model.vocab, tok):
                 break
             out[n_out] = tok

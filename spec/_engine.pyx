@@ -10,7 +10,7 @@ Plain decoding is the same loop with drafts of length zero, so plain and specula
 identically and differ only in the verify batches (see the losslessness tests).
 """
 from cpython.exc cimport PyErr_CheckSignals
-from libc.math cimport NAN, exp, isnan, log, pow
+from libc.math cimport NAN, exp, isfinite, isnan, log, pow
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memset
 
@@ -109,17 +109,28 @@ cdef int _emit(SeqState* s, const token_t* toks, int n, const float* margins_src
 
 
 
-cdef void _first_token(SeqState* s, const float* logits, const EngineConfig* cfg,
-                       Workspace* ws) noexcept nogil:
+cdef int _check_finite(Context ctx, const float* logits, token_t chosen) except -1 nogil:
+    """A model whose weights hold NaN/Inf yields NaN logits, from which every kernel picks
+    token 0 forever: the chosen token's logit tells (a NaN row has no finite entry)."""
+    if not isfinite(logits[chosen]):
+        with gil:
+            raise ctx.nonfinite_error()
+    return 0
+
+
+cdef int _first_token(Context ctx, SeqState* s, const float* logits, const EngineConfig* cfg,
+                      Workspace* ws) except -1 nogil:
     """Sample the token that follows the prompt (from its last prompt position's logits)."""
     cdef token_t first
     cdef float margin = 0
     if s.done:
-        return
+        return 0
     first = sample_token(logits, cfg.n_vocab, &s.sampler, &s.rng, ws)
+    _check_finite(ctx, logits, first)
     if s.margins != NULL:
         margin = top2_margin(logits, cfg.n_vocab, NULL)
     _emit(s, &first, 1, &margin, cfg.is_eog)
+    return 0
 
 
 cdef int _replay(Context ctx, Session session, SeqState** seqs, int n_seqs) except -1 nogil:
@@ -248,7 +259,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
             s.n_past += s.n_prefill_rows
             if s.n_past == s.n_prompt:
                 s.prefilling = False
-                _first_token(s, ctx.logits_row(s.batch_start + s.n_prefill_rows - 1), cfg, ws)
+                _first_token(ctx, s, ctx.logits_row(s.batch_start + s.n_prefill_rows - 1), cfg, ws)
                 if drafter is not None:
                     drafter.begin_seq(s.seq, s.tokens, s.n_prompt)
             s.n_prefill_rows = 0
@@ -289,6 +300,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
             if n_acc < 0:
                 with gil:
                     raise RuntimeError("sampler workspace is smaller than the vocabulary")
+        _check_finite(ctx, row0, out_buf[0])
         if s.margins != NULL:
             for j in range(n_acc + 1):
                 margin_buf[j] = top2_margin(row0 + <Py_ssize_t> j * cfg.n_vocab, cfg.n_vocab, NULL)
@@ -553,6 +565,12 @@ cdef class Loop:
             raise ContextOverflowError(
                 f"prompt ({s.n_prompt} tokens) + max_tokens ({s.max_tokens}) exceed the context "
                 f"window n_ctx={ctx.n_ctx}")
+        if not 0 <= s.seq < ctx.n_seq_max:
+            raise ValueError(f"sequence id {s.seq} is not in [0, n_seq_max={ctx.n_seq_max})")
+        if sq.draft_arr.shape[0] < self.cfg.n_draft_max:
+            # its draft buffer would be written past its end
+            raise ValueError(f"the sequence was built for drafts of {sq.draft_arr.shape[0]} "
+                             f"tokens; this loop drafts up to {self.cfg.n_draft_max}")
         if self.drafter is not None:
             self.drafter.reserve_seqs(s.seq + 1)
             self.drafter.reset_seq(s.seq)     # a new request: nothing carries over per sequence
@@ -560,28 +578,31 @@ cdef class Loop:
             s.alpha = self.job_alpha
         s.prefill_s = 0
         if interleave and self.session is None and s.n_prompt > 0 and not s.done:
+            ctx.check_open()
             ctx.seq_rm(s.seq, -1, -1)
             s.n_past = 0
             s.prefilling = True
             return
-        with nogil:
-            ctx.seq_rm(s.seq, -1, -1)
-            t0 = llama_time_us()
-            if self.session is None:
-                ctx.decode_tokens(s.tokens, s.n_prompt, 0, s.seq, False)
-            else:
-                # chunk by chunk: the session processes every target decode
-                i = 0
-                while i < s.n_prompt:
-                    n = min(s.n_prompt - i, ctx.n_batch)
-                    ctx.decode_tokens(s.tokens + i, n, i, s.seq, False)
-                    self.session.after_decode()
-                    i += n
-            t1 = llama_time_us()
-            s.n_past = s.n_prompt
-            _first_token(s, ctx.logits_row(-1), &self.cfg, &self.ws)
-            if self.drafter is not None:
-                self.drafter.begin_seq(s.seq, s.tokens, s.n_prompt)
+        with ctx.lock:
+            ctx.check_open()
+            with nogil:
+                ctx.seq_rm(s.seq, -1, -1)
+                t0 = llama_time_us()
+                if self.session is None:
+                    ctx.decode_tokens(s.tokens, s.n_prompt, 0, s.seq, False)
+                else:
+                    # chunk by chunk: the session processes every target decode
+                    i = 0
+                    while i < s.n_prompt:
+                        n = min(s.n_prompt - i, ctx.n_batch)
+                        ctx.decode_tokens(s.tokens + i, n, i, s.seq, False)
+                        self.session.after_decode()
+                        i += n
+                t1 = llama_time_us()
+                s.n_past = s.n_prompt
+                _first_token(ctx, s, ctx.logits_row(-1), &self.cfg, &self.ws)
+                if self.drafter is not None:
+                    self.drafter.begin_seq(s.seq, s.tokens, s.n_prompt)
         s.prefill_s = (t1 - t0) * 1e-6
 
     def run(self, list sequences, int max_steps=-1, bint until_one_done=False):
@@ -597,19 +618,21 @@ cdef class Loop:
             seqs[i] = &(<Sequence> sequences[i]).state
         cdef token_t* out_buf = <token_t*> cnp.PyArray_DATA(self.out_arr)
         cdef float* margin_buf = <float*> cnp.PyArray_DATA(self.margin_arr)
-        with nogil:
-            while max_steps < 0 or steps < max_steps:
-                n_active = 0
-                for i in range(n):
-                    n_active += not seqs[i].done
-                if n_active == 0 or (until_one_done and 0 <= n_active0 != n_active):
-                    break
-                n_active0 = n_active
-                with gil:
-                    PyErr_CheckSignals()
-                _step(self.ctx, self.drafter, seqs, n, &self.cfg, &self.cost, &self.job_alpha,
-                      plan, &self.ws, &self.timers, out_buf, margin_buf, self.session)
-                steps += 1
+        with self.ctx.lock:
+            self.ctx.check_open()
+            with nogil:
+                while max_steps < 0 or steps < max_steps:
+                    n_active = 0
+                    for i in range(n):
+                        n_active += not seqs[i].done
+                    if n_active == 0 or (until_one_done and 0 <= n_active0 != n_active):
+                        break
+                    n_active0 = n_active
+                    with gil:
+                        PyErr_CheckSignals()
+                    _step(self.ctx, self.drafter, seqs, n, &self.cfg, &self.cost, &self.job_alpha,
+                          plan, &self.ws, &self.timers, out_buf, margin_buf, self.session)
+                    steps += 1
         return steps
 
     def end(self, Sequence sq not None):

@@ -23,6 +23,10 @@ class EngineBusyError(SpecError, RuntimeError):
     stream or iter_batch) still holds it."""
 
 
+class NonFiniteLogitsError(SpecError, FloatingPointError):
+    """The model produced NaN or infinite logits (typically weights holding NaN or Inf)."""
+
+
 class ContextOverflowError(SpecError, ValueError):
     """Tokens do not fit in the context window."""
 

@@ -86,8 +86,7 @@ def simulate(Drafter drafter not None, tokens, *, Py_ssize_t n_max, Py_ssize_t p
     """
     if n_max < 0:
         raise ValueError(f"n_max must be >= 0, got {n_max}")
-    if seq_id < 0:
-        raise ValueError(f"seq_id must be >= 0, got {seq_id}")
+    drafter.check_seq(seq_id, False)     # the bound Drafter.begin applies (and not in use)
     arr = np.asarray(tokens)
     if arr.ndim != 1:
         raise ValueError(f"tokens must be 1-D, got shape {arr.shape}")

@@ -178,8 +178,8 @@ cdef class LlamaDrafter(Drafter):
     Unknown types, unknown parameter names and out-of-range values raise ValueError; non-integer
     values TypeError; unreadable cache files OSError.
 
-    Beyond upstream, ``accept(n)`` requires ``n`` <= the length of the last draft of that sequence
-    (upstream asserts or corrupts its statistics otherwise), and for the ngram-map types a draft
+    As for every drafter, ``accept(n)`` requires ``n`` <= the length of the last draft of that
+    sequence (upstream asserts or corrupts its statistics otherwise). Beyond upstream, for the ngram-map types a draft
     whose history is shorter than the one before it (without a new ``begin``) raises ValueError
     (upstream aborts the process). ``accept`` is once per draft; ``end`` does nothing upstream
     (learned state carries over to the next ``begin`` of the sequence, as in llama-server).
@@ -199,7 +199,6 @@ cdef class LlamaDrafter(Drafter):
     cdef Py_ssize_t guard_min_len       # 2n+m: ngram-map does nothing below this history length
     cdef vector[llama_tokens] hist      # per seq: the history handed to upstream
     cdef vector[llama_tokens] result    # per seq: upstream writes the draft here
-    cdef vector[Py_ssize_t] last_len    # per seq: length of the last draft returned (accept bound)
     cdef vector[Py_ssize_t] hist_floor  # per seq: mirror of ngram-map's idx_last_check
 
     def __cinit__(self):
@@ -289,7 +288,6 @@ cdef class LlamaDrafter(Drafter):
         self.hist.resize(n_seq)
         self.result.clear()
         self.result.resize(n_seq)
-        self.last_len.assign(n_seq, 0)
         self.hist_floor.assign(n_seq, 0)
         return 0
 
@@ -312,7 +310,6 @@ cdef class LlamaDrafter(Drafter):
         self.started = True
         self.hist[seq].assign(prompt, prompt + n_prompt)
         common_speculative_begin(self.spec, seq, self.hist[seq])
-        self.last_len[seq] = 0
         self.hist_floor[seq] = n_prompt
         return 0
 
@@ -321,7 +318,6 @@ cdef class LlamaDrafter(Drafter):
         cdef common_speculative_draft_params* dp
         cdef llama_tokens* res = &self.result[seq]
         cdef Py_ssize_t n
-        self.last_len[seq] = 0
         # ngram-map aborts if the history is shorter than at its last draft or begin (it keeps
         # positions into it); below 2n+m it returns before looking.
         if self.guard_history and n_history >= self.guard_min_len:
@@ -346,21 +342,11 @@ cdef class LlamaDrafter(Drafter):
         n = min(<Py_ssize_t> res.size(), n_max)
         if n > 0:
             memcpy(out, res.data(), n * sizeof(token_t))
-        self.last_len[seq] = n
         return n
 
     cdef int _accept(self, int seq, Py_ssize_t n_accepted) except -1 nogil:
-        if n_accepted > self.last_len[seq]:
-            with gil:
-                raise ValueError(f"n_accepted={n_accepted} exceeds the length of the last draft "
-                                 f"of sequence {seq} ({self.last_len[seq]})")
+        # n_accepted <= the last draft's length: checked by Drafter.accept_seq
         common_speculative_accept(self.spec, seq, <uint16_t> n_accepted)
-        self.last_len[seq] = 0
-        return 0
-
-    cdef int _end(self, int seq, const token_t* output, Py_ssize_t n_output) except -1 nogil:
-        # Upstream has no end-of-generation hook; its state carries over to the next begin.
-        self.last_len[seq] = 0
         return 0
 
     # -- Python level --------------------------------------------------------------------------

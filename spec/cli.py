@@ -209,6 +209,6 @@ def main(argv=None) -> int:
         from spec.batch import cmd_batch
         return {"info": cmd_info, "generate": cmd_generate, "demo": cmd_demo,
                 "batch": cmd_batch}[args.command](args)
-    except (SpecError, FileNotFoundError, ValueError) as e:
+    except (SpecError, OSError, ValueError) as e:     # OSError: missing, directory, unreadable
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -102,20 +102,26 @@ class _Turns:
 
 
 def _exclusive(method):
-    """Run a generator method as the engine's one generation at a time (see _Turns); a close()
-    that arrives while it is suspended ends it with ClosedError and frees the engine after."""
+    """Run a generator method as the engine's one generation at a time (see _Turns). While it
+    runs, its contexts refuse other threads' calls and its drafter other engines (see
+    Engine._hold); a close() that arrives while it is suspended ends it with ClosedError and
+    frees the engine after."""
     @functools.wraps(method)
     def generation(self, *args, **kwargs):
         with self._turns.turn():
             try:
                 if self.ctx.closed:
                     raise ClosedError("engine is closed")
+                self._hold(threading.get_ident())
                 for item in method(self, *args, **kwargs):
                     yield item
                     if self._close_pending:
                         raise ClosedError("engine is closed (closed while this generation was "
                                           "unfinished)")
+                    if self._held_by != threading.get_ident():    # resumed in another thread
+                        self._hold(threading.get_ident())
             finally:
+                self._hold(None)
                 if self._close_pending:
                     self._free()
     return generation
@@ -238,6 +244,11 @@ class Result:
 
 
 def _check_sampling(temperature, top_k, top_p, min_p):
+    for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+        raise TypeError(f"top_k must be an integer, got {top_k!r}")
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if int(top_k) < 0:
@@ -299,6 +310,7 @@ class Engine:
         self.draft_cost = float(draft_cost)
         self.draft_ctx = None
         self._turns = _Turns()
+        self._held_by = None            # thread id of the generation holding the engine
         self._close_pending = False
         session_params = dict(drafter_params or {})
         if session_kind is not None:
@@ -335,6 +347,21 @@ class Engine:
             return
         with self._turns.turn():
             self._free()
+
+    def _hold(self, thread_id) -> None:
+        """Reserve the contexts for the generation running in ``thread_id`` and the drafter for
+        this engine (None: free them). Raises EngineBusyError, holding nothing, if another
+        engine's generation is using the drafter."""
+        if thread_id is None and self._held_by is None:
+            return                      # nothing held (e.g. the drafter was busy)
+        if self.drafter is not None and self._held_by is None:
+            self.drafter._hold(self)
+        self._held_by = thread_id
+        for ctx in (self.ctx, self.draft_ctx):
+            if ctx is not None:
+                ctx._hold(thread_id)
+        if thread_id is None and self.drafter is not None:
+            self.drafter._hold(None)
 
     def _free(self):
         self._close_pending = False
@@ -499,6 +526,9 @@ class Engine:
                            n_threads=self._n_threads, n_rs_seq=self._n_rs_seq)
         if self._session_kind is not None:
             self.drafter = _make_session(self, self._session_kind, dict(self._session_params))
+        if self._held_by is not None:           # inside a generation: hold what replaced
+            held_by, self._held_by = self._held_by, None
+            self._hold(held_by)
 
     def _fit_kv_cells(self, cells: list, n_parallel: int) -> None:
         """Make room for n_parallel requests at once: each holds its prompt + max_tokens cells.
@@ -547,6 +577,10 @@ class Engine:
         """
         if order not in self.ORDERS:
             raise ValueError(f"order must be one of {self.ORDERS}, got {order!r}")
+        if isinstance(prompts, (str, bytes)):
+            # iterating it would run one request per character
+            raise TypeError("prompts must be a list of prompts, got a single string: wrap it "
+                            "in a list")
         defaults = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         min_p=min_p, seed=seed, stop=stop)
         requests = []

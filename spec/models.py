@@ -61,6 +61,11 @@ def smollm2() -> Path:
 def resolve(name_or_path: str | os.PathLike) -> Path:
     """A model name from :data:`NAMES` or a GGUF path → the file's path."""
     key = os.fspath(name_or_path)
+    if isinstance(key, bytes):
+        key = os.fsdecode(key)
+    if not key:
+        raise FileNotFoundError("model path is empty (give a GGUF path or one of: "
+                                f"{', '.join(NAMES)})")
     if key in ("default", "gemma3-270m"):
         return gemma3_270m()
     if key == "smollm2":

@@ -7,6 +7,7 @@
 #                                output, without id_last); id_last = the token just sampled and not
 #                                yet decoded. Writes up to n_max tokens to out and returns how many.
 #   accept_seq(seq, n_accepted)  after verification: how many of the last draft were accepted
+#                                (at most its length; once per draft)
 #   end_seq(seq, output)         the generation finished; output = the generated tokens
 #   reset_seq(seq)               before begin_seq of an unrelated generation (the engine's
 #                                requests): drop the sequence's state. begin_seq alone keeps
@@ -26,6 +27,8 @@ cdef cnp.ndarray as_token_array(object tokens, str name)
 cdef class Drafter:
     cdef readonly int n_seq            # sequence ids with state: 0 .. n_seq-1
     cdef unsigned char* begun          # begun[seq] != 0 once begin_seq ran for seq
+    cdef Py_ssize_t* last_draft        # last_draft[seq]: length of the draft accept may take
+    cdef object holder                 # the engine whose generation drives it, or None
 
     cdef int reserve_seqs(self, int n_seq) except -1
     cdef int check_seq(self, int seq_id, bint need_begun) except -1   # ValueError if unknown

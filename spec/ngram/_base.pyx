@@ -10,6 +10,7 @@ import numpy as np
 cimport numpy as cnp
 
 from spec._typedefs cimport LLAMA_MAX_SEQ, token_t
+from spec._errors import EngineBusyError
 
 cnp.import_array()
 
@@ -76,14 +77,18 @@ cdef class Drafter:
     def __cinit__(self):
         self.n_seq = 0
         self.begun = NULL
+        self.last_draft = NULL
+        self.holder = None
 
     def __dealloc__(self):
         free(self.begun)
+        free(self.last_draft)
 
     # -- C level -------------------------------------------------------------------------------
 
     cdef int reserve_seqs(self, int n_seq) except -1:
         cdef unsigned char* grown
+        cdef Py_ssize_t* grown_last
         if n_seq <= self.n_seq:
             return 0
         grown = <unsigned char*> realloc(self.begun, n_seq)
@@ -91,29 +96,47 @@ cdef class Drafter:
             raise MemoryError()
         memset(grown + self.n_seq, 0, n_seq - self.n_seq)
         self.begun = grown
+        grown_last = <Py_ssize_t*> realloc(self.last_draft, n_seq * sizeof(Py_ssize_t))
+        if grown_last == NULL:
+            raise MemoryError()
+        memset(grown_last + self.n_seq, 0, (n_seq - self.n_seq) * sizeof(Py_ssize_t))
+        self.last_draft = grown_last
         self._reserve(n_seq)
         self.n_seq = n_seq
         return 0
 
     cdef int begin_seq(self, int seq, const token_t* prompt, Py_ssize_t n_prompt) except -1 nogil:
         self.begun[seq] = 1
+        self.last_draft[seq] = 0
         return self._begin(seq, prompt, n_prompt)
 
     cdef Py_ssize_t draft_seq(self, int seq, const token_t* history, Py_ssize_t n_history,
                               token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil:
+        cdef Py_ssize_t n
+        self.last_draft[seq] = 0
         if n_max <= 0:
             return 0
-        return self._draft(seq, history, n_history, id_last, n_max, out)
+        n = self._draft(seq, history, n_history, id_last, n_max, out)
+        self.last_draft[seq] = n
+        return n
 
     cdef int accept_seq(self, int seq, Py_ssize_t n_accepted) except -1 nogil:
+        if n_accepted > self.last_draft[seq]:
+            with gil:
+                raise ValueError(f"n_accepted={n_accepted} exceeds the length of the last draft "
+                                 f"of sequence {seq} ({self.last_draft[seq]}; accept is once "
+                                 f"per draft)")
+        self.last_draft[seq] = 0
         return self._accept(seq, n_accepted)
 
     cdef int end_seq(self, int seq, const token_t* output, Py_ssize_t n_output) except -1 nogil:
         self.begun[seq] = 0
+        self.last_draft[seq] = 0
         return self._end(seq, output, n_output)
 
     cdef int reset_seq(self, int seq) except -1:
         self.begun[seq] = 0
+        self.last_draft[seq] = 0
         return self._reset_seq(seq)
 
     cdef int _reserve(self, int n_seq) except -1:
@@ -137,10 +160,22 @@ cdef class Drafter:
 
     # -- Python level --------------------------------------------------------------------------
 
+    def _hold(self, holder):
+        """Reserve the drafter for ``holder``'s generation (an engine; None frees it). A drafter
+        serves one engine at a time: two loops driving its per-sequence state at once would
+        corrupt it."""
+        if holder is not None and self.holder is not None and self.holder is not holder:
+            raise EngineBusyError(f"this {type(self).__name__} is in use by another engine's "
+                                  f"generation: give each engine its own drafter")
+        self.holder = holder
+
     def _check_seq(self, int seq_id, bint need_begun=True):
         self.check_seq(seq_id, need_begun)
 
     cdef int check_seq(self, int seq_id, bint need_begun) except -1:
+        if self.holder is not None:
+            raise EngineBusyError(f"this {type(self).__name__} is in use by an engine's "
+                                  f"generation")
         # per-sequence state is allocated up to the highest id begun
         if not 0 <= seq_id < LLAMA_MAX_SEQ:
             raise ValueError(f"seq_id must be in [0, {LLAMA_MAX_SEQ}) (llama.cpp's LLAMA_MAX_SEQ), "
