@@ -18,6 +18,9 @@ import numpy as np
 cimport numpy as cnp
 
 from spec._core cimport Context, Session
+from spec._plan cimport (COST_FRESH, COST_ROWS, EXPLORE_EVERY, CostModel, DraftPolicy,
+                         PlanBuffers, cost_age, cost_init, cost_update, plan_drafts,
+                         plan_lengths, plan_verify, policy_observe, policy_start)
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from spec._typedefs cimport pos_t, seq_t, token_t
 from spec._verify cimport (SamplerParams, Rng, Workspace, rng_seed, sample_token, top2_margin,
@@ -61,9 +64,7 @@ cdef struct SeqState:
     int64_t n_steps         # verify decodes that carried this sequence
     int64_t n_drafted
     int64_t n_accepted
-    # adaptive draft length ("auto")
-    double alpha            # EMA of the per-token acceptance probability
-    int steps_since_probe
+    DraftPolicy policy      # adaptive draft length ("auto")
 
 
 cdef struct EngineConfig:
@@ -81,7 +82,6 @@ cdef struct Timers:
     double sample_s         # verification / sampling kernels
 
 
-include "_plan.pxi"
 
 
 cdef inline bint _generating(const SeqState* s) noexcept nogil:
@@ -175,7 +175,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     for i in range(n_seqs):
         s = seqs[i]
         s.n_draft = 0
-        plan.alpha[i] = min(max(s.alpha, 0.0), 1.0)
+        plan.policy[i] = &s.policy
         plan.forced[i] = 0
         plan.avail[i] = -1
         if _generating(s):
@@ -186,19 +186,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     explore = cost.clock % EXPLORE_EVERY == EXPLORE_EVERY - 1
     if auto:
         # who drafts (and, for model-based sessions, how far), as if every draft were available
-        plan_lengths(plan.alpha, plan.avail, plan.forced, n_seqs, cost, explore, plan.lengths)
-        for i in range(n_seqs):
-            s = seqs[i]
-            if plan.avail[i] <= 0 or plan.lengths[i] > 0:
-                continue
-            # Not drafting: its estimate drifts toward the job's acceptance, and a one-token
-            # probe now and then tests it, so a sequence that stopped drafting can come back.
-            if s.alpha < job_alpha[0]:
-                s.alpha += 0.03 * (job_alpha[0] - s.alpha)
-            s.steps_since_probe += 1
-            if s.steps_since_probe >= PROBE_EVERY:
-                s.steps_since_probe = 0
-                plan.forced[i] = 1
+        plan_drafts(plan, n_seqs, cost, explore, job_alpha[0])
     for i in range(n_seqs):
         s = seqs[i]
         k = plan.avail[i]
@@ -215,11 +203,9 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     if auto:
         # the final plan, over the drafts actually made: verify the best prefix of each
         for i in range(n_seqs):
-            s = seqs[i]
             if plan.avail[i] >= 0:
-                plan.avail[i] = s.n_draft
-                plan.forced[i] = min(plan.forced[i], s.n_draft)
-        plan_lengths(plan.alpha, plan.avail, plan.forced, n_seqs, cost, explore, plan.lengths)
+                plan.avail[i] = seqs[i].n_draft
+        plan_verify(plan, n_seqs, cost, explore)
         for i in range(n_seqs):
             if plan.avail[i] >= 0:
                 seqs[i].n_draft = plan.lengths[i]
@@ -312,11 +298,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
             s.draft_by_pos[j] += 1
             s.accept_by_pos[j] += j < n_acc
         if s.n_draft > 0:
-            # EMA over drafted tokens: accepted ones count as successes, the first rejection as
-            # a failure; tokens after it carry no information.
-            for j in range(min(n_acc + 1, s.n_draft)):
-                s.alpha = 0.9 * s.alpha + 0.1 * (1.0 if j < n_acc else 0.0)
-                job_alpha[0] = 0.98 * job_alpha[0] + 0.02 * (1.0 if j < n_acc else 0.0)
+            policy_observe(&s.policy, job_alpha, s.n_draft, n_acc)
             drafter.accept_seq(s.seq, n_acc)
         if s.n_draft > n_acc:
             if cfg.checkpoint:
@@ -346,10 +328,12 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     return 0
 
 
-cdef PlanBuffers _plan_buffers(cnp.ndarray alpha, cnp.ndarray ints):
-    # alpha: float64 [n]; ints: C-contiguous intc [3, n] = avail, forced, lengths
+cdef PlanBuffers _plan_buffers(cnp.ndarray policies, cnp.ndarray alpha, cnp.ndarray ints):
+    # policies: uintp [n] (DraftPolicy pointers); alpha: float64 [n]; ints: C-contiguous intc
+    # [3, n] = avail, forced, lengths
     cdef PlanBuffers plan
     cdef int n = ints.shape[1]
+    plan.policy = <DraftPolicy**> cnp.PyArray_DATA(policies)
     plan.alpha = <double*> cnp.PyArray_DATA(alpha)
     plan.avail = <int*> cnp.PyArray_DATA(ints)
     plan.forced = plan.avail + n
@@ -393,7 +377,7 @@ cdef class Sequence:
         s.sampler.top_k = top_k
         s.sampler.top_p = top_p
         s.sampler.min_p = min_p
-        s.alpha = alpha0
+        policy_start(&s.policy, alpha0)
         rng_seed(&s.rng, seed)
         s.done = max_tokens == 0
 
@@ -523,7 +507,8 @@ cdef class Loop:
             raise ValueError("forced lengths must be in [0, avail]")
         if not ((alpha_arr >= 0) & (alpha_arr <= 1)).all():
             raise ValueError("acceptances must be in [0, 1]")
-        cdef PlanBuffers plan = _plan_buffers(alpha_arr, ints_arr)
+        cdef PlanBuffers plan = _plan_buffers(np.zeros(max(n, 1), dtype=np.uintp), alpha_arr,
+                                              ints_arr)
         plan_lengths(plan.alpha, plan.avail, plan.forced, n, &self.cost, explore, plan.lengths)
         return ints_arr[2, :n].copy()
 
@@ -574,8 +559,8 @@ cdef class Loop:
         if self.drafter is not None:
             self.drafter.reserve_seqs(s.seq + 1)
             self.drafter.reset_seq(s.seq)     # a new request: nothing carries over per sequence
-        if isnan(s.alpha):
-            s.alpha = self.job_alpha
+        if isnan(s.policy.alpha):
+            s.policy.alpha = self.job_alpha
         s.prefill_s = 0
         if interleave and self.session is None and s.n_prompt > 0 and not s.done:
             ctx.check_open()
@@ -611,9 +596,10 @@ cdef class Loop:
         cdef int n = len(sequences), i, steps = 0, n_active, n_active0 = -1
         keep = np.zeros(max(n, 1), dtype=np.uintp)   # owns the pointer array
         cdef SeqState** seqs = <SeqState**> cnp.PyArray_DATA(keep)
+        policies_arr = np.zeros(max(n, 1), dtype=np.uintp)
         alpha_arr = np.zeros(max(n, 1), dtype=np.float64)
         ints_arr = np.zeros((3, max(n, 1)), dtype=np.intc)
-        cdef PlanBuffers plan = _plan_buffers(alpha_arr, ints_arr)
+        cdef PlanBuffers plan = _plan_buffers(policies_arr, alpha_arr, ints_arr)
         for i in range(n):
             seqs[i] = &(<Sequence> sequences[i]).state
         cdef token_t* out_buf = <token_t*> cnp.PyArray_DATA(self.out_arr)

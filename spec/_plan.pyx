@@ -1,32 +1,18 @@
-# Included by _engine.pyx: what a verify batch costs, and the draft lengths that pay most for it.
-#
-# On a CPU a verify batch's time is far from linear in its rows: the matrix kernels process rows
-# in tiles, so 8 rows can cost less than 7, and 16 rows little more than 8 (bench/RESULTS.md,
-# "What a verify batch costs, by rows"). The engine therefore measures the time of every batch
-# size it decodes (COST_ROWS table entries) and plans draft lengths against those measurements,
-# with a linear fit t = a + b·rows for the sizes it has not measured recently.
+"""Draft planning: what a verify batch costs, and the draft lengths that pay most for it.
 
-cdef enum:
-    COST_ROWS = 256     # batch sizes with a table entry (bigger ones use the linear fit)
-    COST_FRESH = 256    # an entry older than this many verify batches falls back to the fit
-    TILE = 4            # exploration tries only multiples of this: the kernels' row tiles
-    EXPLORE_EVERY = 16  # steps between explorations of a batch size not measured lately
-    EXPLORE_AGE = 64    # an entry older than this is re-measured when exploring
-    PROBE_EVERY = 16    # plain steps before a sequence that stopped drafting tries one token
+On a CPU a verify batch's time is far from linear in its rows: the matrix kernels process rows
+in tiles, so 8 rows can cost less than 7, and 16 rows little more than 8 (bench/RESULTS.md,
+"What a verify batch costs, by rows"). The engine therefore measures the time of every batch
+size it decodes (COST_ROWS table entries) and plans draft lengths against those measurements,
+with a linear fit t = a + b·rows for the sizes it has not measured recently.
 
-
-cdef struct CostModel:
-    # Linear fit: verify time t of a batch with n rows as t = a + b·n, by exponentially weighted
-    # least squares (recent batches count most), anchored to the prior ratio b / (a + b).
-    double s0, s1, s2, t1, t2   # weighted sums of 1, n, n², t, n·t
-    double prior                # draft_cost: one row's cost as a fraction of a one-row step
-    int n_samples
-    double a, b                 # current fit (seconds); the prior in step units until fitted
-    # Measured table: mean[n] is the running mean time of batches with n rows, measured last
-    # when the clock (verify batches so far) read seen[n]; seen[n] == 0: never.
-    int64_t clock
-    double mean[COST_ROWS + 1]
-    int64_t seen[COST_ROWS + 1]
+The per-sequence policy (``DraftPolicy``: its acceptance estimate, probes) lives here too, so the
+engine's loop and the offline simulator (:func:`spec.simulate` with ``cost_table``) run the very
+same planner.
+"""
+from libc.math cimport pow
+from libc.stdint cimport int64_t
+from libc.string cimport memset
 
 
 cdef void cost_init(CostModel* m, double draft_cost) noexcept nogil:
@@ -37,11 +23,11 @@ cdef void cost_init(CostModel* m, double draft_cost) noexcept nogil:
     m.a = 1.0 - draft_cost
 
 
-cdef inline bint cost_fitted(const CostModel* m) noexcept nogil:
+cdef bint cost_fitted(const CostModel* m) noexcept nogil:
     return m.n_samples >= 8
 
 
-cdef inline int64_t cost_age(const CostModel* m, int n_rows) noexcept nogil:
+cdef int64_t cost_age(const CostModel* m, int n_rows) noexcept nogil:
     # Verify batches since n_rows was last measured (a huge age if never or off the table).
     if n_rows > COST_ROWS or m.seen[n_rows] == 0:
         return 1 << 40
@@ -170,9 +156,56 @@ cdef int plan_lengths(const double* alpha, const int* avail, const int* forced, 
     return n_rows + best_x
 
 
-cdef struct PlanBuffers:
-    # per-sequence inputs and output of plan_lengths, owned by the caller
-    double* alpha
-    int* avail
-    int* forced
-    int* lengths
+# -- the per-sequence policy ---------------------------------------------------------------------
+
+cdef void policy_start(DraftPolicy* p, double alpha0) noexcept nogil:
+    memset(p, 0, sizeof(DraftPolicy))
+    p.alpha = alpha0
+
+
+cdef void plan_drafts(PlanBuffers plan, int n_seqs, const CostModel* cost, bint explore,
+                      double job_alpha) noexcept nogil:
+    """Before drafting: who drafts, and how far (plan.lengths; plan.forced holds probes).
+
+    The caller sets plan.policy[i] and plan.avail[i] (the most tokens sequence i can verify; < 0:
+    not in this step's batch). Sequences the plan leaves idle drift toward the job's acceptance,
+    and one that stayed idle PROBE_EVERY steps verifies a one-token probe, so a sequence that
+    stopped drafting can come back.
+    """
+    cdef int i
+    cdef DraftPolicy* p
+    for i in range(n_seqs):
+        plan.alpha[i] = min(max(plan.policy[i].alpha, 0.0), 1.0)
+        plan.forced[i] = 0
+    plan_lengths(plan.alpha, plan.avail, plan.forced, n_seqs, cost, explore, plan.lengths)
+    for i in range(n_seqs):
+        if plan.avail[i] <= 0 or plan.lengths[i] > 0:
+            continue
+        p = plan.policy[i]
+        if p.alpha < job_alpha:
+            p.alpha += 0.03 * (job_alpha - p.alpha)
+        p.steps_since_probe += 1
+        if p.steps_since_probe >= PROBE_EVERY:
+            p.steps_since_probe = 0
+            plan.forced[i] = 1
+
+
+cdef void plan_verify(PlanBuffers plan, int n_seqs, const CostModel* cost,
+                      bint explore) noexcept nogil:
+    """After drafting, with plan.avail[i] set to the tokens sequence i drafted: the prefix of
+    each draft to verify (plan.lengths)."""
+    cdef int i
+    for i in range(n_seqs):
+        if plan.avail[i] >= 0:
+            plan.forced[i] = min(plan.forced[i], plan.avail[i])
+    plan_lengths(plan.alpha, plan.avail, plan.forced, n_seqs, cost, explore, plan.lengths)
+
+
+cdef void policy_observe(DraftPolicy* p, double* job_alpha, int n_verified,
+                         int n_accepted) noexcept nogil:
+    """Learn from a verified draft. An EMA over drafted tokens: accepted ones count as
+    successes, the first rejection as a failure; tokens after it carry no information."""
+    cdef int j
+    for j in range(min(n_accepted + 1, n_verified)):
+        p.alpha = 0.9 * p.alpha + 0.1 * (1.0 if j < n_accepted else 0.0)
+        job_alpha[0] = 0.98 * job_alpha[0] + 0.02 * (1.0 if j < n_accepted else 0.0)
