@@ -9,7 +9,7 @@ cannot make it allocate gigabytes or loop for long; any structural problem raise
 Layout (GGUF v2/v3, little-endian; gguf-py and ``ggml/src/gguf.cpp``)::
 
     "GGUF" u32 version  u64 n_tensors  u64 n_kv
-    n_kv x      { string key, u32 type, value }      value: scalar | string | u32 subtype u64 n items
+    n_kv x      { string key, u32 type, value }   value: scalar | string | u32 type, u64 n, items
     n_tensors x { string name, u32 n_dims, n_dims x u64 ne, u32 ggml_type, u64 offset }
     padding to general.alignment (default 32), then tensor data
     string = u64 length + bytes
@@ -249,7 +249,7 @@ def _read(r: _Reader, keep_strings, max_strings) -> GGUFFile:
     if magic != GGUF_MAGIC:
         r.fail(f"not a GGUF file (magic {magic!r})")
     if version not in GGUF_VERSIONS:
-        hint = " (byte-swapped: a big-endian file?)" if version & 0xFFFF == 0 else ""
+        hint = " (byte-swapped: a big-endian file?)" if version and not version & 0xFFFF else ""
         r.fail(f"unsupported GGUF version {version}{hint}; llama.cpp reads versions 2 and 3")
     left = r.size - r.pos
     if n_kv * _MIN_KV > left:

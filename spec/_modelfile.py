@@ -15,17 +15,20 @@ import os
 import stat
 
 from spec._errors import ModelLoadError
-from spec._gguf import ARRAY, BOOL, FLOAT32, FLOAT64, STRING, GGUFFile, read_gguf
+from spec._gguf import (ARRAY, BOOL, FLOAT32, FLOAT64, GGML_TYPES, STRING, GGUFFile,
+                        read_gguf)
 
 # src/llama-hparams.h
 LLAMA_MAX_LAYERS = 512
 LLAMA_MAX_EXPERTS = 1024
 # src/llama-model.cpp LLAMA_ROPE_SCALING_TYPES (anything else: GGML_ASSERT at load)
 ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")
-# attention architectures spec runs, whose graphs rotate every head by n_rot dimensions
-ROPE_ARCHS = ("llama", "gemma3", "qwen35", "qwen35moe", "eagle3", "dflash")
-# architectures whose load_arch_hparams computes (i + 1) % full_attention_interval
-INTERVAL_ARCHS = ("qwen35", "qwen35moe", "qwen3next")
+# the architectures spec runs: attention models whose graphs rotate every head by n_rot
+# dimensions, with float or quantized weights and F32 vectors
+SUPPORTED_ARCHS = ("llama", "gemma3", "qwen35", "qwen35moe", "eagle3", "dflash")
+# gated-delta-net hybrids: load_arch_hparams computes (i + 1) % full_attention_interval; the
+# graph takes head_v_dim = ssm.inner_size / ssm.time_step_rank, the tensors ssm.state_size
+GDN_ARCHS = ("qwen35", "qwen35moe", "qwen3next")
 # architectures using multi-section (M-)RoPE: ggml asserts on the sections at first decode
 MROPE_ARCHS = ("qwen35", "qwen35moe")
 
@@ -50,6 +53,10 @@ _PRE_ADD_BOS = ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixt
 _PRE_NO_BOS = ("chatglm-bpe", "glm4", "glm5")
 _PRE_ADD_SEP = ("jina-v1-en", "jina-v2-code", "roberta-bpe")
 _TOKEN_TYPE_BYTE = 6          # llama_token_type LLAMA_TOKEN_TYPE_BYTE
+# ggml types the CPU backend multiplies matrices in (type_traits_cpu[].vec_dot set): all but
+# the intermediate Q8_1 / Q8_K and the integer and F64 types
+F32_TYPE = 0
+MATMUL_TYPES = frozenset(GGML_TYPES) - {9, 15, 24, 25, 26, 27, 28}
 
 
 def check_model_file(path) -> str:
@@ -90,7 +97,8 @@ def check_model_file(path) -> str:
         raise ModelLoadError(f"{path}: cannot read the model file: {e.strerror or e}") from None
     problems = metadata_problems(info)
     if problems:
-        raise ModelLoadError(f"{path}: metadata llama.cpp would abort on: " + "; ".join(problems))
+        raise ModelLoadError(f"{path}: llama.cpp would crash on this model: "
+                             + "; ".join(problems))
     return path
 
 
@@ -164,13 +172,18 @@ def _check_hparams(g, arch, out):
         if eps is not None and not (math.isfinite(eps) and eps >= 0):
             out.append(f"{key} is {eps}, must be finite and >= 0")
 
-    if arch in INTERVAL_ARCHS and p + "attention.recurrent_layers" not in g.kv:
-        interval = _int(g, p + "full_attention_interval")
-        if interval == 0:       # (i + 1) % 0: SIGFPE at load
-            out.append(f"{p}full_attention_interval is 0, must be > 0")
+    if arch in GDN_ARCHS:
+        _check_gated_delta_net(g, p, out)
 
-    if arch in ROPE_ARCHS:
+    if arch in SUPPORTED_ARCHS:
         _check_heads_and_rope(g, arch, p, out)
+        _check_tensor_types(g, arch, out)
+
+    # EAGLE-3 / DFlash drafts name the target layers they read; llama.cpp asserts each is in
+    # [0, target n_layer] when the session starts (the upper bound needs the target model)
+    layers = _ints(g, p + "target_layers")
+    if layers is not None and any(not 0 <= x <= LLAMA_MAX_LAYERS for x in layers):
+        out.append(f"{p}target_layers is {layers}: layer ids must be in [0, {LLAMA_MAX_LAYERS}]")
 
 
 def _check_experts(g, p, out):
@@ -196,6 +209,43 @@ def _check_experts(g, p, out):
         out.append(f"{p}expert_group_count is {n_groups} without experts")
 
 
+def _check_gated_delta_net(g, p, out):
+    if p + "attention.recurrent_layers" not in g.kv:
+        interval = _int(g, p + "full_attention_interval")
+        if interval == 0:       # (i + 1) % 0: SIGFPE at load
+            out.append(f"{p}full_attention_interval is 0, must be > 0")
+    d_inner = _int(g, p + "ssm.inner_size")
+    d_state = _int(g, p + "ssm.state_size")
+    n_v_heads = _int(g, p + "ssm.time_step_rank")
+    n_k_heads = _int(g, p + "ssm.group_count")
+    if n_v_heads == 0 or n_k_heads == 0:
+        out.append(f"{p}ssm.time_step_rank ({n_v_heads}) and ssm.group_count ({n_k_heads}) "
+                   f"must be > 0")
+    elif n_v_heads is not None and n_k_heads is not None and n_v_heads % n_k_heads:
+        # GGML_ASSERT(num_v_heads % num_k_heads == 0) building the graph
+        out.append(f"{p}ssm.time_step_rank ({n_v_heads}) is not a multiple of ssm.group_count "
+                   f"({n_k_heads})")
+    elif None not in (d_inner, d_state, n_v_heads) and d_inner != d_state * n_v_heads:
+        # the graph's reshapes assert (or allocate without bound) when the two disagree
+        out.append(f"{p}ssm.inner_size is {d_inner}, must be ssm.state_size x "
+                   f"ssm.time_step_rank = {d_state * n_v_heads}")
+
+
+def _check_tensor_types(g, arch, out):
+    """The CPU backend has no matrix product for Q8_1 / Q8_K / integer weights (a NULL vec_dot:
+    SIGSEGV at the first decode) and no f32 x f16 element-wise product for a vector (norms,
+    biases: GGML_ABORT); converters and llama-quantize keep vectors in F32."""
+    for t in g.tensors:
+        name = GGML_TYPES[t.type][0]
+        if t.type not in MATMUL_TYPES:
+            out.append(f"tensor {t.name!r} has type {name}, which llama.cpp cannot compute with")
+            return
+        vector = sum(1 for d in t.dims if d != 1) <= 1
+        if (vector or (arch in GDN_ARCHS and ".ssm_conv1d." in t.name)) and t.type != F32_TYPE:
+            out.append(f"tensor {t.name!r} has type {name}; llama.cpp needs it in F32")
+            return
+
+
 def _check_heads_and_rope(g, arch, p, out):
     heads = _ints(g, p + "attention.head_count")
     heads_kv = _ints(g, p + "attention.head_count_kv")
@@ -219,17 +269,19 @@ def _check_heads_and_rope(g, arch, p, out):
     n_rot = _int(g, p + "rope.dimension_count")
     if n_rot is None:
         n_rot = head_k
-    # ggml_rope asserts n_dims % 2 == 0 and n_dims <= head size at the first decode
-    if n_rot is not None and head_k is not None and (n_rot % 2 or n_rot > head_k):
-        out.append(f"{p}rope.dimension_count is {n_rot}, must be even and at most the head "
-                   f"size {head_k}")
+    # ggml_rope asserts n_dims % 2 == 0 and n_dims <= head size at the first decode (and
+    # n_dims == 0 never finishes it)
+    if n_rot is not None and head_k is not None and (n_rot % 2 or not 0 < n_rot <= head_k):
+        out.append(f"{p}rope.dimension_count is {n_rot}, must be even, > 0 and at most the "
+                   f"head size {head_k}")
     n_rot_swa = _int(g, p + "rope.dimension_count_swa")
     head_k_swa = _int(g, p + "attention.key_length_swa")
     if head_k_swa is None:
         head_k_swa = head_k
-    if n_rot_swa is not None and head_k_swa is not None and (n_rot_swa % 2 or n_rot_swa > head_k_swa):
-        out.append(f"{p}rope.dimension_count_swa is {n_rot_swa}, must be even and at most the "
-                   f"head size {head_k_swa}")
+    if (n_rot_swa is not None and head_k_swa is not None
+            and (n_rot_swa % 2 or not 0 < n_rot_swa <= head_k_swa)):
+        out.append(f"{p}rope.dimension_count_swa is {n_rot_swa}, must be even, > 0 and at "
+                   f"most the head size {head_k_swa}")
     if arch in MROPE_ARCHS:
         sections = _ints(g, p + "rope.dimension_sections")
         if sections is not None and len(sections) in (1, 4):
@@ -281,9 +333,6 @@ def _check_vocab(g, out):
                    f"the tokenizer does not match the vocabulary")
     if kind == "SPM":
         _check_byte_fallback(tokens, seen, out)
-    if kind == "RWKV" and not any(_rwkv_unescape(t) == b"\n" for t in tokens if len(t) <= 8):
-        out.append("tokenizer.ggml.model is 'rwkv' but no token is a newline (llama.cpp "
-                   "asserts on it at load)")
     _check_special_tokens(g, model, kind, special, add, n_tokens, out)
 
 
@@ -336,28 +385,3 @@ def _check_special_tokens(g, model, kind, special, add, n_tokens, out):
                        f"(tokenizer.ggml.{name}_token_id missing or outside the "
                        f"{n_tokens}-token vocabulary)")
 
-
-def _rwkv_unescape(t: bytes) -> bytes:
-    """llama-vocab.cpp llama_unescape_rwkv_token."""
-    out = bytearray()
-    escaping = False
-    hex_left = 0
-    acc = 0
-    for c in t:
-        if hex_left:
-            acc = ((acc << 4) + (c - 87 if c >= 97 else c - 48)) & 0xFF
-            hex_left -= 1
-            if not hex_left:
-                out.append(acc)
-                acc = 0
-        elif escaping:
-            if c == 0x78:           # x
-                hex_left = 2
-            else:
-                out.append({0x74: 9, 0x6E: 10, 0x72: 13}.get(c, c))
-            escaping = False
-        elif c == 0x5C:             # backslash
-            escaping = True
-        else:
-            out.append(c)
-    return bytes(out)
