@@ -19,8 +19,8 @@ cimport numpy as cnp
 
 from spec._core cimport Context, Session
 from spec._plan cimport (COST_FRESH, COST_ROWS, EXPLORE_EVERY, CostModel, DraftPolicy,
-                         PlanBuffers, cost_age, cost_init, cost_update, plan_drafts,
-                         plan_lengths, plan_verify, policy_observe, policy_start)
+                         PlanBuffers, checked_tokens, cost_age, cost_init, cost_update,
+                         plan_drafts, plan_lengths, plan_verify, policy_observe, policy_start)
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from spec._typedefs cimport pos_t, seq_t, token_t
 from spec._verify cimport (SamplerParams, Rng, Workspace, rng_seed, sample_token, top2_margin,
@@ -49,7 +49,8 @@ cdef struct SeqState:
     int n_prefill_rows      # prompt tokens in the current step's batch
     double prefill_s        # time of its prompt's decodes (its share of shared batches)
     token_t* draft          # [n_draft_max] the current step's draft
-    int n_draft             # its length
+    int n_proposed          # tokens the drafter proposed this step
+    int n_draft             # the prefix of them verified
     int batch_start         # index of this sequence's first row in the step's batch
     int n_replay            # checkpoint path: tokens to re-decode after a restore (0: none)
     pos_t replay_pos        # their first position
@@ -162,9 +163,9 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     """One draft → verify → accept step over every active sequence in seqs (session: the
     drafter again when it is a model-based session, fed after every decode; else None)."""
     cdef SeqState* s
-    cdef int i, j, k, n_acc, n_rows, n_active = 0, row_cap
+    cdef int i, j, k, n_acc, n_rows, n_active = 0, row_cap, n_checked, n_matched
     cdef double seconds
-    cdef bint any_replay = False, auto, explore
+    cdef bint any_replay = False, auto, explore, shadow
     cdef int64_t t0, t1, t2
     cdef const float* row0
     # 1. drafts
@@ -175,6 +176,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     for i in range(n_seqs):
         s = seqs[i]
         s.n_draft = 0
+        s.n_proposed = 0
         plan.policy[i] = &s.policy
         plan.forced[i] = 0
         plan.avail[i] = -1
@@ -184,22 +186,26 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
                                        ctx.n_ctx - s.n_past - 1, row_cap))
     auto = cfg.auto_draft and drafter is not None and cfg.n_draft_max > 0
     explore = cost.clock % EXPLORE_EVERY == EXPLORE_EVERY - 1
+    # A model-free drafter drafts for every sequence (microseconds): what the target emits
+    # then checks the drafts the plan does not verify, for free. A model drafts only what the
+    # plan verifies.
+    shadow = session is None
     if auto:
         # who drafts (and, for model-based sessions, how far), as if every draft were available
-        plan_drafts(plan, n_seqs, cost, explore, job_alpha[0])
+        plan_drafts(plan, n_seqs, cost, explore, job_alpha[0], shadow)
     for i in range(n_seqs):
         s = seqs[i]
         k = plan.avail[i]
         if k <= 0 or drafter is None:
             continue
-        if auto:
+        if auto and not shadow:
             if plan.lengths[i] == 0 and plan.forced[i] == 0:
                 continue
-            if session is not None:     # a model drafts: no more than the plan will verify
-                k = max(plan.lengths[i], plan.forced[i])
-        s.n_draft = <int> drafter.draft_seq(
+            k = max(plan.lengths[i], plan.forced[i])
+        s.n_proposed = <int> min(k, drafter.draft_seq(
             s.seq, s.tokens, s.n_prompt + s.n_generated - 1,
-            s.tokens[s.n_prompt + s.n_generated - 1], k, s.draft)
+            s.tokens[s.n_prompt + s.n_generated - 1], k, s.draft))
+        s.n_draft = s.n_proposed
     if auto:
         # the final plan, over the drafts actually made: verify the best prefix of each
         for i in range(n_seqs):
@@ -297,8 +303,9 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
         for j in range(s.n_draft):
             s.draft_by_pos[j] += 1
             s.accept_by_pos[j] += j < n_acc
+        n_checked = checked_tokens(s.draft, s.n_proposed, s.n_draft, n_acc, out_buf, &n_matched)
+        policy_observe(&s.policy, job_alpha, n_checked, n_matched)
         if s.n_draft > 0:
-            policy_observe(&s.policy, job_alpha, s.n_draft, n_acc)
             drafter.accept_seq(s.seq, n_acc)
         if s.n_draft > n_acc:
             if cfg.checkpoint:
@@ -330,7 +337,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
 
 cdef PlanBuffers _plan_buffers(cnp.ndarray policies, cnp.ndarray alpha, cnp.ndarray ints):
     # policies: uintp [n] (DraftPolicy pointers); alpha: float64 [n]; ints: C-contiguous intc
-    # [3, n] = avail, forced, lengths
+    # [4, n] = avail, forced, lengths, run
     cdef PlanBuffers plan
     cdef int n = ints.shape[1]
     plan.policy = <DraftPolicy**> cnp.PyArray_DATA(policies)
@@ -338,6 +345,7 @@ cdef PlanBuffers _plan_buffers(cnp.ndarray policies, cnp.ndarray alpha, cnp.ndar
     plan.avail = <int*> cnp.PyArray_DATA(ints)
     plan.forced = plan.avail + n
     plan.lengths = plan.forced + n
+    plan.run = plan.lengths + n
     return plan
 
 
@@ -494,22 +502,27 @@ cdef class Loop:
         return {"a": self.cost.a, "b": self.cost.b, "n_samples": self.cost.n_samples,
                 "table": table}
 
-    def _plan(self, alpha, avail, forced=None, bint explore=False):
-        """Draft lengths the planner picks for sequences with acceptances ``alpha`` and at most
-        ``avail`` draft tokens each (< 0: not in the batch), ``forced`` tokens each at least,
-        under this loop's cost model (for tests and for inspecting a loop)."""
+    def _plan(self, alpha, avail, forced=None, run=None, bint explore=False):
+        """Draft lengths the planner picks for sequences with acceptances ``alpha``, current
+        runs of matched draft tokens ``run`` (default 0) and at most ``avail`` draft tokens each
+        (< 0: not in the batch), ``forced`` tokens each at least, under this loop's cost model
+        (for tests and for inspecting a loop)."""
         alpha_arr = np.array(alpha, dtype=np.float64, ndmin=1)
         n = alpha_arr.shape[0]
-        ints_arr = np.zeros((3, max(n, 1)), dtype=np.intc)
+        ints_arr = np.zeros((4, max(n, 1)), dtype=np.intc)
         ints_arr[0, :n] = avail
         ints_arr[1, :n] = 0 if forced is None else forced
+        ints_arr[3, :n] = 0 if run is None else run
+        if (ints_arr[3, :n] < 0).any():
+            raise ValueError("runs must be >= 0")
         if not ((ints_arr[1, :n] >= 0) & (ints_arr[1, :n] <= np.maximum(ints_arr[0, :n], 0))).all():
             raise ValueError("forced lengths must be in [0, avail]")
         if not ((alpha_arr >= 0) & (alpha_arr <= 1)).all():
             raise ValueError("acceptances must be in [0, 1]")
         cdef PlanBuffers plan = _plan_buffers(np.zeros(max(n, 1), dtype=np.uintp), alpha_arr,
                                               ints_arr)
-        plan_lengths(plan.alpha, plan.avail, plan.forced, n, &self.cost, explore, plan.lengths)
+        plan_lengths(plan.alpha, plan.run, plan.avail, plan.forced, n, &self.cost, explore,
+                     plan.lengths)
         return ints_arr[2, :n].copy()
 
     @property
@@ -598,7 +611,7 @@ cdef class Loop:
         cdef SeqState** seqs = <SeqState**> cnp.PyArray_DATA(keep)
         policies_arr = np.zeros(max(n, 1), dtype=np.uintp)
         alpha_arr = np.zeros(max(n, 1), dtype=np.float64)
-        ints_arr = np.zeros((3, max(n, 1)), dtype=np.intc)
+        ints_arr = np.zeros((4, max(n, 1)), dtype=np.intc)
         cdef PlanBuffers plan = _plan_buffers(policies_arr, alpha_arr, ints_arr)
         for i in range(n):
             seqs[i] = &(<Sequence> sequences[i]).state

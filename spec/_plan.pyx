@@ -10,9 +10,10 @@ The per-sequence policy (``DraftPolicy``: its acceptance estimate, probes) lives
 engine's loop and the offline simulator (:func:`spec.simulate` with ``cost_table``) run the very
 same planner.
 """
-from libc.math cimport pow
 from libc.stdint cimport int64_t
 from libc.string cimport memset
+
+from spec._typedefs cimport LLAMA_MAX_SEQ, token_t
 
 
 cdef void cost_init(CostModel* m, double draft_cost) noexcept nogil:
@@ -82,42 +83,57 @@ cdef void cost_update(CostModel* m, int n_rows, double seconds) noexcept nogil:
         m.b = b
 
 
-cdef inline double gain(double alpha, int k) noexcept nogil:
-    # Expected extra tokens from a sequence's k-th drafted token: all k must be accepted.
-    return pow(alpha, k)
+cdef inline double token_prob(double alpha, int run, int j) noexcept nogil:
+    # Acceptance probability of a sequence's j-th drafted token (0-based), given that the run
+    # of correctly drafted tokens before it is run + j long: its measured rate or, where higher,
+    # r / (r + 1) for a run of r, so a long copy run is trusted to continue and the draft grows
+    # quickly with it (over a draft the product telescopes to run / (run + k)), while a miss
+    # (run 0) falls back to the measured rate at once.
+    return max(alpha, (run + j) / (run + j + 1.0))
 
 
-cdef int _next_seq(const double* alpha, const int* avail, const int* lengths,
-                   int n_seqs) noexcept nogil:
+cdef int _next_seq(const double* alpha, const int* run, const int* avail, const int* lengths,
+                   const double* reach, int n_seqs, double* next_gain) noexcept nogil:
     # The sequence whose next drafted token gains most (lowest index on ties); -1 if none left.
+    # reach[i]: probability that all lengths[i] tokens planned so far are accepted.
     cdef int i, best = -1
-    cdef double g, best_g = -1.0
+    cdef double g
+    next_gain[0] = -1.0
     for i in range(n_seqs):
         if lengths[i] < avail[i]:
-            g = gain(alpha[i], lengths[i] + 1)
-            if g > best_g:
-                best_g = g
+            g = reach[i] * token_prob(alpha[i], run[i], lengths[i])
+            if g > next_gain[0]:
+                next_gain[0] = g
                 best = i
     return best
 
 
-cdef int plan_lengths(const double* alpha, const int* avail, const int* forced, int n_seqs,
-                      const CostModel* cost, bint explore, int* lengths) noexcept nogil:
+cdef int plan_lengths(const double* alpha, const int* run, const int* avail, const int* forced,
+                      int n_seqs, const CostModel* cost, bint explore, int* lengths) noexcept nogil:
     """Draft lengths maximizing the step's expected tokens per second, Σ E_i(k_i) / T(rows).
 
-    alpha[i]: sequence i's per-token acceptance; avail[i]: the most tokens it can verify (< 0:
-    not in this step's batch); forced[i] ≤ avail[i]: tokens it verifies regardless (a probe).
-    With acceptances fixed, the best x drafted tokens overall are the x largest gains α_i^k
-    (within a sequence they shrink with k, so they form prefixes): the plan walks x upward by
-    the largest next gain and keeps the x whose batch of n + x rows has the best expected rate
-    under the measured cost T. With explore, it instead lands on the nearest multiple of TILE
-    rows not measured in the last EXPLORE_AGE batches (the kernels' tiles are the likely cheap
-    sizes, and a size measured slow once must get a second chance). Returns the batch rows.
+    alpha[i], run[i]: sequence i's per-token acceptance and current run of correctly drafted
+    tokens (see token_prob; run may be NULL: no runs); avail[i]: the most tokens it can verify
+    (< 0: not in this step's batch); forced[i] ≤ avail[i]: tokens it verifies regardless (a
+    probe). With acceptances fixed, the best x drafted tokens overall are the x largest gains
+    (within a sequence they shrink with k, so they form prefixes): the plan walks x upward by the
+    largest next gain and keeps the x whose batch of n + x rows has the best expected rate under
+    the measured cost T. With explore, it instead lands on the nearest multiple of TILE rows not
+    measured in the last EXPLORE_AGE batches (the kernels' tiles are the likely cheap sizes, and
+    a size measured slow once must get a second chance). Returns the batch rows.
     """
     cdef int i, x, x_max = 0, x_min = 0, best_x, n_rows = 0, rows, target = -1
-    cdef double tokens = 0, rate, best_rate
+    cdef double tokens = 0, rate, best_rate, g
+    cdef double reach[LLAMA_MAX_SEQ]
+    cdef int no_run[LLAMA_MAX_SEQ]
+    if n_seqs > LLAMA_MAX_SEQ:
+        n_seqs = LLAMA_MAX_SEQ
+    if run == NULL:
+        memset(no_run, 0, n_seqs * sizeof(int))
+        run = no_run
     for i in range(n_seqs):
         lengths[i] = 0
+        reach[i] = 1.0
         if avail[i] < 0:
             continue
         n_rows += 1
@@ -125,16 +141,18 @@ cdef int plan_lengths(const double* alpha, const int* avail, const int* forced, 
         x_min += forced[i]
         x_max += avail[i]
         tokens += 1.0
-        for x in range(1, forced[i] + 1):
-            tokens += gain(alpha[i], x)
+        for x in range(forced[i]):
+            reach[i] *= token_prob(alpha[i], run[i], x)
+            tokens += reach[i]
     if n_rows == 0:
         return 0
     best_x = x_min
     best_rate = tokens / cost_estimate(cost, n_rows + x_min)
     for x in range(x_min + 1, x_max + 1):
-        i = _next_seq(alpha, avail, lengths, n_seqs)
+        i = _next_seq(alpha, run, avail, lengths, reach, n_seqs, &g)
         lengths[i] += 1
-        tokens += gain(alpha[i], lengths[i])
+        reach[i] = g
+        tokens += g
         rate = tokens / cost_estimate(cost, n_rows + x)
         if rate > best_rate * (1.0 + 1e-9):
             best_rate = rate
@@ -150,9 +168,13 @@ cdef int plan_lengths(const double* alpha, const int* avail, const int* forced, 
     # replay the walk up to the chosen total
     for i in range(n_seqs):
         lengths[i] = forced[i] if avail[i] >= 0 else 0
+        reach[i] = 1.0
+        for x in range(lengths[i]):
+            reach[i] *= token_prob(alpha[i], run[i], x)
     for x in range(x_min, best_x):
-        i = _next_seq(alpha, avail, lengths, n_seqs)
+        i = _next_seq(alpha, run, avail, lengths, reach, n_seqs, &g)
         lengths[i] += 1
+        reach[i] = g
     return n_rows + best_x
 
 
@@ -164,20 +186,26 @@ cdef void policy_start(DraftPolicy* p, double alpha0) noexcept nogil:
 
 
 cdef void plan_drafts(PlanBuffers plan, int n_seqs, const CostModel* cost, bint explore,
-                      double job_alpha) noexcept nogil:
+                      double job_alpha, bint shadow) noexcept nogil:
     """Before drafting: who drafts, and how far (plan.lengths; plan.forced holds probes).
 
     The caller sets plan.policy[i] and plan.avail[i] (the most tokens sequence i can verify; < 0:
-    not in this step's batch). Sequences the plan leaves idle drift toward the job's acceptance,
-    and one that stayed idle PROBE_EVERY steps verifies a one-token probe, so a sequence that
-    stopped drafting can come back.
+    not in this step's batch). With ``shadow`` the caller drafts for every sequence anyway (a
+    model-free drafter costs microseconds) and reports the unverified first token's fate
+    (policy_observe), which keeps the estimates current. Otherwise sequences the plan leaves
+    idle drift toward the job's acceptance, and one that stayed idle PROBE_EVERY steps verifies
+    a one-token probe, so a sequence that stopped drafting can come back.
     """
     cdef int i
     cdef DraftPolicy* p
     for i in range(n_seqs):
         plan.alpha[i] = min(max(plan.policy[i].alpha, 0.0), 1.0)
+        plan.run[i] = plan.policy[i].run
         plan.forced[i] = 0
-    plan_lengths(plan.alpha, plan.avail, plan.forced, n_seqs, cost, explore, plan.lengths)
+    plan_lengths(plan.alpha, plan.run, plan.avail, plan.forced, n_seqs, cost, explore,
+                 plan.lengths)
+    if shadow:
+        return
     for i in range(n_seqs):
         if plan.avail[i] <= 0 or plan.lengths[i] > 0:
             continue
@@ -198,14 +226,31 @@ cdef void plan_verify(PlanBuffers plan, int n_seqs, const CostModel* cost,
     for i in range(n_seqs):
         if plan.avail[i] >= 0:
             plan.forced[i] = min(plan.forced[i], plan.avail[i])
-    plan_lengths(plan.alpha, plan.avail, plan.forced, n_seqs, cost, explore, plan.lengths)
+    plan_lengths(plan.alpha, plan.run, plan.avail, plan.forced, n_seqs, cost, explore,
+                 plan.lengths)
 
 
-cdef void policy_observe(DraftPolicy* p, double* job_alpha, int n_verified,
-                         int n_accepted) noexcept nogil:
-    """Learn from a verified draft. An EMA over drafted tokens: accepted ones count as
-    successes, the first rejection as a failure; tokens after it carry no information."""
+cdef int checked_tokens(const token_t* draft, int n_drafted, int n_verified, int n_accepted,
+                        const token_t* emitted, int* n_matched) noexcept nogil:
+    """How many drafted tokens a step checked, and (n_matched) how many of them matched: the
+    verified ones, plus the first unverified one when every verified token was accepted (it is
+    compared with the token the step emitted after them, a check that costs nothing)."""
+    n_matched[0] = n_accepted
+    if n_accepted == n_verified and n_verified < n_drafted:
+        n_matched[0] += draft[n_verified] == emitted[n_verified]
+        return n_verified + 1
+    return n_verified
+
+
+cdef void policy_observe(DraftPolicy* p, double* job_alpha, int n_checked,
+                         int n_matched) noexcept nogil:
+    """Learn from a step's checked draft tokens (see checked_tokens). An EMA over them: matched
+    ones count as successes, the first mismatch as a failure; tokens after it carry no
+    information. The run of matched tokens grows with them and ends at a mismatch."""
     cdef int j
-    for j in range(min(n_accepted + 1, n_verified)):
-        p.alpha = 0.9 * p.alpha + 0.1 * (1.0 if j < n_accepted else 0.0)
-        job_alpha[0] = 0.98 * job_alpha[0] + 0.02 * (1.0 if j < n_accepted else 0.0)
+    if n_checked <= 0:
+        return
+    for j in range(min(n_matched + 1, n_checked)):
+        p.alpha = 0.9 * p.alpha + 0.1 * (1.0 if j < n_matched else 0.0)
+        job_alpha[0] = 0.98 * job_alpha[0] + 0.02 * (1.0 if j < n_matched else 0.0)
+    p.run = p.run + n_matched if n_matched == n_checked else 0

@@ -18,8 +18,9 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 import numpy as np
 cimport numpy as cnp
 
-from spec._plan cimport (EXPLORE_EVERY, CostModel, DraftPolicy, PlanBuffers, cost_init,
-                         cost_update, plan_drafts, plan_verify, policy_observe, policy_start)
+from spec._plan cimport (EXPLORE_EVERY, CostModel, DraftPolicy, PlanBuffers, checked_tokens,
+                         cost_init, cost_update, plan_drafts, plan_verify, policy_observe,
+                         policy_start)
 from spec._typedefs cimport token_t
 from spec.ngram._base cimport Drafter
 
@@ -120,12 +121,13 @@ cdef int _replay_policy(Drafter drafter, int seq, const token_t* t, Py_ssize_t n
     cdef DraftPolicy policy
     cdef DraftPolicy* policy_ptr = &policy
     cdef double alpha, job_alpha = 0.6          # Loop's prior, as a fresh engine starts
-    cdef int avail, forced, length, rows
+    cdef int avail, forced, length, run, rows, n_checked, n_matched
     cdef PlanBuffers plan
     cdef Py_ssize_t i = p, n, k, a
     cdef bint explore
     plan.policy = &policy_ptr
     plan.alpha = &alpha
+    plan.run = &run
     plan.avail = &avail
     plan.forced = &forced
     plan.lengths = &length
@@ -137,9 +139,9 @@ cdef int _replay_policy(Drafter drafter, int seq, const token_t* t, Py_ssize_t n
     while i < n_tok - 1:
         explore = cost.clock % EXPLORE_EVERY == EXPLORE_EVERY - 1
         avail = <int> min(n_max, n_tok - 1 - i)
-        plan_drafts(plan, 1, &cost, explore, job_alpha)
+        plan_drafts(plan, 1, &cost, explore, job_alpha, True)    # a model-free drafter: shadow
         n = 0
-        if avail > 0 and (length > 0 or forced > 0):
+        if avail > 0:
             n = min(drafter.draft_seq(seq, t, i, t[i], avail, out), <Py_ssize_t> avail)
         avail = <int> n
         plan_verify(plan, 1, &cost, explore)
@@ -148,8 +150,9 @@ cdef int _replay_policy(Drafter drafter, int seq, const token_t* t, Py_ssize_t n
         rows = <int> k + 1
         res.seconds += table[rows]
         cost_update(&cost, rows, table[rows])
+        n_checked = checked_tokens(out, <int> n, <int> k, <int> a, t + i + 1, &n_matched)
+        policy_observe(&policy, &job_alpha, n_checked, n_matched)
         if k > 0:
-            policy_observe(&policy, &job_alpha, <int> k, <int> a)
             drafter.accept_seq(seq, a)
         res.n_steps += 1
         res.n_tokens += a + 1

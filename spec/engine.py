@@ -34,7 +34,9 @@ DRAFTERS = {
     "ngram-map-k4v": ("spec.ngram._map", "NgramMapK4V", {"size_n": 3, "size_m": 16}),
     "ngram-mod": ("spec.ngram._mod", "NgramMod", {"n_match": 8, "n_max": 16, "n_min": 2}),
     "ngram-cache": ("spec.ngram._cache", "NgramCache", {}),
-    "suffix": ("spec.ngram._suffix", "SuffixTree", {}),
+    # deep enough for long drafts where the output copies its input (a match of k tokens
+    # drafts at most max_depth - k)
+    "suffix": ("spec.ngram._suffix", "SuffixTree", {"max_depth": 64}),
 }
 LLAMA_PREFIX = "llama:"
 # Model-based drafters: sessions over llama.cpp's common_speculative (spec.sessions). "draft",
@@ -270,9 +272,11 @@ class Engine:
         A name from :func:`drafter_names`, a drafter object, or None for plain decoding.
     n_draft : int or "auto"
         Draft length; "auto" chooses each step's draft lengths (≤ ``n_draft_max``) from each
-        sequence's recent acceptance and the measured time of each verify batch size (on a CPU
-        some sizes cost less than smaller ones), so speculation that does not pay falls back
-        to plain decoding.
+        sequence's recent acceptance, its current run of correctly drafted tokens (a long copy
+        run is trusted to continue, so drafts grow quickly while the output copies its input
+        and fall back at the first miss) and the measured time of each verify batch size (on a
+        CPU some sizes cost less than smaller ones), so speculation that does not pay falls
+        back to plain decoding.
     n_draft_max : int
         Upper bound on the draft length with ``n_draft="auto"``.
     draft_cost : float
@@ -284,7 +288,7 @@ class Engine:
         Extra constructor arguments for a drafter given by name.
     """
 
-    def __init__(self, model, drafter="suffix", *, n_draft="auto", n_draft_max=16,
+    def __init__(self, model, drafter="suffix", *, n_draft="auto", n_draft_max=64,
                  draft_cost=0.43, n_ctx=None, n_batch=512, n_threads=None, n_parallel=1,
                  drafter_params=None):
         session_kind = drafter if isinstance(drafter, str) and drafter in SESSION_DRAFTERS else None

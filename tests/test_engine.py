@@ -307,6 +307,23 @@ def test_plan_lands_on_measured_cheap_batch_sizes(tiny_model):
             loop._plan([1.5], [2])
 
 
+def test_plan_trusts_a_long_run_of_matched_drafts(tiny_model):
+    from spec._engine import Loop
+
+    with spec.Context(tiny_model, n_ctx=256) as ctx:
+        loop = Loop(ctx, None, draft_cost=0.43)
+        _measure(loop, list(range(1, 70)))
+        # a low measured rate and no run: nothing pays
+        assert loop._plan([0.1], [64], run=[0]).tolist() == [0]
+        # the same rate after 40 matched tokens in a row: the run is trusted to continue
+        # (r / (r + 1) per token), and the draft grows with the run
+        lengths = [int(loop._plan([0.1], [64], run=[r])[0]) for r in (8, 40, 200)]
+        assert 0 < lengths[0] <= lengths[1] <= lengths[2]
+        assert lengths[2] >= 32 and (1 + lengths[2]) % 4 == 0
+        with pytest.raises(ValueError, match="runs"):
+            loop._plan([0.5], [2], run=[-1])
+
+
 def test_cost_table_entries_expire_and_exploration_tries_stale_tiles(tiny_model):
     from spec._engine import Loop
 

@@ -67,7 +67,7 @@ def test_priced_replays_use_fresh_drafters():
     made = []
 
     def factory():
-        made.append(spec.SuffixTree())
+        made.append(spec.make_drafter("suffix"))
         return made[-1]
 
     a = spec.simulate(factory, tokens, n_max=16, prompt_len=p, cost_table=TABLE)
@@ -97,3 +97,18 @@ def test_bad_cost_tables_and_drafters_are_named():
         spec.simulate(lambda: "suffix", tokens, n_max=2, prompt_len=p, cost_table=TABLE)
     with pytest.raises(TypeError, match="Drafter"):
         spec.simulate("suffix", tokens, n_max=2, prompt_len=p)
+
+
+def test_the_planner_grows_drafts_along_a_copy_and_stays_plain_without_one():
+    # 300 random tokens, then an exact copy of them: from a cold start the planner checks the
+    # drafts it does not verify against what the target emits, trusts the growing run, and
+    # verifies long drafts; on a stream with nothing to copy it stays (nearly) plain
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 1000, 300).astype(np.int32)
+    copy = np.concatenate([base, base])
+    r = spec.simulate("suffix", copy, n_max=64, prompt_len=300, cost_table=TABLE)
+    assert r.policy_mean_accept_len >= 8
+    assert r.policy_speedup >= 0.85 * r.oracle_speedup
+    noise = rng.integers(0, 1000, 600).astype(np.int32)
+    r = spec.simulate("suffix", noise, n_max=64, prompt_len=300, cost_table=TABLE)
+    assert r.policy_speedup >= 0.97
