@@ -384,6 +384,21 @@ cdef class Eagle3Session(Session):
                                    f"architecture {arch!r}")
         if draft_ctx.ctx_type != "default":
             raise SessionInitError(f"draft context of the wrong type: {draft_ctx.ctx_type!r}")
+        # llama.cpp aborts when drafting starts if the draft reads a layer the target lacks
+        # (GGML_ASSERT(lid <= n_layer)) or hidden states of another width
+        from spec._gguf import read_gguf
+        kv = read_gguf(draft_ctx.model.path).kv
+        n_layer = llama_model_n_layer(target_ctx.model.ptr)
+        n_embd = llama_model_n_embd(target_ctx.model.ptr)
+        layers = getattr(kv.get("eagle3.target_layers"), "values", None) or []
+        beyond = [int(lid) for lid in layers if not 0 <= int(lid) <= n_layer]
+        if beyond:
+            raise SessionInitError(f"EAGLE-3 draft {draft_ctx.model.path!r} reads target layers "
+                                   f"{beyond}, but the target has {n_layer} layers")
+        width = kv.get("eagle3.target_hidden_size")
+        if width is not None and int(width) != n_embd:
+            raise SessionInitError(f"EAGLE-3 draft {draft_ctx.model.path!r} reads hidden states "
+                                   f"of width {int(width)}, but the target's are {n_embd} wide")
 
 
 cdef class DFlashSession(Session):
