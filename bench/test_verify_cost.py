@@ -4,7 +4,7 @@
 
 The kernels are far from linear in the rows (row tiles), which is why the engine plans draft
 lengths against the measured time of each batch size: decode n rows of one sequence after a
-300-token context, n = 1..32 (8 sequences drafting 3 tokens each fill 32), rows interleaved
+300-token context, n = 1..72 (the longest auto draft is 64 tokens), rows interleaved
 across repetitions, median per n, relative to one row. The same rows with logits at the last
 one only (as a prompt is decoded) separate the output layer's share: what each verified row
 adds through the 262k-entry vocabulary projection.
@@ -17,8 +17,8 @@ import time
 import spec
 from conftest import THREADS, save
 
-MAX_ROWS = 32
-REPEATS = 9
+MAX_ROWS = 72
+REPEATS = 7
 CONTEXT = 300
 
 

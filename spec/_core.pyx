@@ -506,10 +506,16 @@ cdef class Context:
                                  f"load_mtp=True) (its MTP heads were not loaded)")
         if int(n_rs_seq) < 0:
             raise ValueError(f"n_rs_seq must be >= 0, got {n_rs_seq}")
-        if int(n_rs_seq) > n_batch - 2:
-            # llama.cpp keeps each sequence's last n_rs_seq + 1 tokens in one ubatch of n_batch
-            # and asserts (aborting the process) when they cannot fit
-            raise ValueError(f"n_rs_seq must be <= n_batch - 2 = {n_batch - 2}, got {n_rs_seq}")
+        # llama.cpp clamps the batch to the context; past these bounds it asserts (aborting the
+        # process) at the first decode instead of refusing the context
+        n_ubatch = min(int(n_ctx), n_batch)
+        if n_seq_max > n_ubatch:
+            # it reserves a row of outputs per sequence, at most n_batch rows
+            raise ValueError(f"n_seq_max={n_seq_max} exceeds min(n_ctx, n_batch) = {n_ubatch}")
+        if int(n_rs_seq) > 0 and int(n_rs_seq) > n_ubatch - 2:
+            # it keeps each sequence's last n_rs_seq + 1 tokens in one ubatch
+            raise ValueError(f"n_rs_seq must be <= min(n_ctx, n_batch) - 2 = {n_ubatch - 2}, "
+                             f"got {n_rs_seq}")
         refresh_log_level()
         cdef llama_context_params params = llama_context_default_params()
         params.n_ctx = n_ctx

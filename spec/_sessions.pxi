@@ -246,58 +246,72 @@ cdef class Session(Drafter):
 
     def begin(self, seq_id, prompt_tokens=()):
         """Start a generation of ``seq_id`` whose target context holds ``prompt_tokens``."""
-        self._live()
-        self._seq(seq_id)
-        cdef const token_t[::1] toks = _as_tokens(prompt_tokens, "prompt_tokens")
-        self.target_ctx.model.check_tokens(toks, "prompt_tokens")
-        cdef int seq = seq_id
-        self.begin_seq(seq, &toks[0] if toks.shape[0] else NULL, toks.shape[0])
+        cdef const token_t[::1] toks
+        cdef int seq
+        with self.target_ctx.lock, self.draft_ctx.lock:
+            self.check_free()
+            self._live()
+            self._seq(seq_id)
+            toks = _as_tokens(prompt_tokens, "prompt_tokens")
+            self.target_ctx.model.check_tokens(toks, "prompt_tokens")
+            seq = seq_id
+            self.begin_seq(seq, &toks[0] if toks.shape[0] else NULL, toks.shape[0])
 
     def process(self, batch=None):
         """Feed the target context's last decode (``Context.decode``, ≤ n_batch tokens) to the
         session; call it after EVERY target decode. ``batch`` must be None (the target
         context's own batch is used)."""
-        self._live()
-        if batch is not None:
-            raise TypeError("process() reads the target context's last batch; pass no argument")
-        if self.target_ctx.batch.n_tokens == 0:
-            raise SessionProcessError("the target context has decoded nothing yet")
-        with nogil:
-            self.after_decode()
+        with self.target_ctx.lock, self.draft_ctx.lock:
+            self.check_free()
+            self._live()
+            if batch is not None:
+                raise TypeError("process() reads the target context's last batch; pass no argument")
+            if self.target_ctx.batch.n_tokens == 0:
+                raise SessionProcessError("the target context has decoded nothing yet")
+            with nogil:
+                self.after_decode()
 
     def draft(self, seq_id, int n_past, int id_last):
         """Draft up to n_draft_max tokens after ``id_last`` at position ``n_past`` (tokens in
         the target context). Returns an int32 array (possibly empty)."""
-        self._live()
-        self._seq(seq_id)
-        if not self.begun[seq_id]:
-            raise SessionProcessError(f"draft() before begin() for seq_id {seq_id}")
-        if n_past < 0 or n_past >= self.target_ctx.n_ctx:
-            raise ValueError(f"n_past must be in [0, n_ctx={self.target_ctx.n_ctx}), got {n_past}")
-        if id_last < 0 or id_last >= self.target_ctx.n_vocab:
-            raise ValueError(f"id_last = {id_last} is not a token id of the target model")
-        cdef llama_tokens* p = &self.prompts[seq_id]
-        if <int> p.size() < n_past:
-            p.resize(n_past, 0)  # positions the caller did not report; the model types ignore them
-        out = np.empty(self._config.n_draft_max, dtype=np.int32)
-        cdef token_t[::1] ov = out
+        cdef llama_tokens* p
+        cdef token_t[::1] ov
         cdef Py_ssize_t n
-        cdef int seq = seq_id
-        with nogil:
-            n = self._draft(seq, p.data(), n_past, id_last, ov.shape[0], &ov[0])
-        return out[:n].copy()
+        cdef int seq
+        with self.target_ctx.lock, self.draft_ctx.lock:
+            self.check_free()
+            self._live()
+            self._seq(seq_id)
+            if not self.begun[seq_id]:
+                raise SessionProcessError(f"draft() before begin() for seq_id {seq_id}")
+            if n_past < 0 or n_past >= self.target_ctx.n_ctx:
+                raise ValueError(f"n_past must be in [0, n_ctx={self.target_ctx.n_ctx}), got {n_past}")
+            if id_last < 0 or id_last >= self.target_ctx.n_vocab:
+                raise ValueError(f"id_last = {id_last} is not a token id of the target model")
+            p = &self.prompts[seq_id]
+            if <int> p.size() < n_past:
+                p.resize(n_past, 0)  # positions the caller did not report; the model types ignore them
+            out = np.empty(self._config.n_draft_max, dtype=np.int32)
+            ov = out
+            seq = seq_id
+            with nogil:
+                n = self._draft(seq, p.data(), n_past, id_last, ov.shape[0], &ov[0])
+            return out[:n].copy()
 
     def accept(self, seq_id, int n_accepted):
         """Report how many of ``seq_id``'s last draft the target accepted."""
-        self._live()
-        self._seq(seq_id)
-        if self.pos0[seq_id] < 0:
-            raise SessionProcessError(f"accept() before draft() for seq_id {seq_id}")
-        if n_accepted < 0 or n_accepted > self._config.n_draft_max:
-            raise ValueError(f"n_accepted must be in [0, {self._config.n_draft_max}], got {n_accepted}")
-        cdef int seq = seq_id
-        with nogil:
-            self._accept(seq, n_accepted)
+        cdef int seq
+        with self.target_ctx.lock, self.draft_ctx.lock:
+            self.check_free()
+            self._live()
+            self._seq(seq_id)
+            if self.pos0[seq_id] < 0:
+                raise SessionProcessError(f"accept() before draft() for seq_id {seq_id}")
+            if n_accepted < 0 or n_accepted > self._config.n_draft_max:
+                raise ValueError(f"n_accepted must be in [0, {self._config.n_draft_max}], got {n_accepted}")
+            seq = seq_id
+            with nogil:
+                self._accept(seq, n_accepted)
 
     def stats(self):
         """Counters and timings of this session (draft calls, drafted and accepted tokens)."""

@@ -252,6 +252,17 @@ def simulate(drafter, tokens, *, Py_ssize_t n_max, Py_ssize_t prompt_len=0,
     policy and oracle replays each need a drafter that has not seen the stream (it would know
     the future), so ``drafter`` is then a name (``"suffix"``) or a factory returning a new one.
     """
+    cdef Drafter shared
+    if isinstance(drafter, Drafter):
+        # the drafter's lock: threads sharing it take turns (the replay mutates its state)
+        shared = <Drafter> drafter
+        with shared.lock:
+            return _simulate(drafter, tokens, n_max, prompt_len, record, seq_id, cost_table)
+    return _simulate(drafter, tokens, n_max, prompt_len, record, seq_id, cost_table)
+
+
+def _simulate(drafter, tokens, Py_ssize_t n_max, Py_ssize_t prompt_len, bint record, int seq_id,
+              cost_table):
     if n_max < 0:
         raise ValueError(f"n_max must be >= 0, got {n_max}")
     factory = None

@@ -353,7 +353,9 @@ cdef class LlamaDrafter(Drafter):
 
     def reset(self):
         """Drop all learned state (re-creates the upstream object); sequences stay reserved."""
-        self._create(self.capacity)
+        with self.lock:
+            self.check_free()
+            self._create(self.capacity)
 
     @property
     def params(self):

@@ -29,9 +29,11 @@ cdef class Drafter:
     cdef unsigned char* begun          # begun[seq] != 0 once begin_seq ran for seq
     cdef Py_ssize_t* last_draft        # last_draft[seq]: length of the draft accept may take
     cdef object holder                 # the engine whose generation drives it, or None
+    cdef object lock                   # held by the Python-level methods: one thread at a time
 
     cdef int reserve_seqs(self, int n_seq) except -1
     cdef int check_seq(self, int seq_id, bint need_begun) except -1   # ValueError if unknown
+    cdef int check_free(self) except -1   # EngineBusyError while an engine's generation holds it
     cdef int begin_seq(self, int seq, const token_t* prompt, Py_ssize_t n_prompt) except -1 nogil
     cdef Py_ssize_t draft_seq(self, int seq, const token_t* history, Py_ssize_t n_history,
                               token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil

@@ -1,10 +1,15 @@
 """The drafter base class: a nogil C-level protocol for the engine, thin Python methods for research.
 
+The Python methods hold the drafter's lock (threads sharing a drafter take turns) and raise
+EngineBusyError while an engine's generation holds the drafter (see ``_hold``).
+
 Subclasses override the underscore hooks (``_reserve``, ``_begin``, ``_draft``, ``_accept``,
 ``_end``); the public C-level methods keep the per-sequence bookkeeping in one place.
 """
 from libc.stdlib cimport free, realloc
 from libc.string cimport memset
+
+import threading
 
 import numpy as np
 cimport numpy as cnp
@@ -79,6 +84,7 @@ cdef class Drafter:
         self.begun = NULL
         self.last_draft = NULL
         self.holder = None
+        self.lock = threading.RLock()
 
     def __dealloc__(self):
         free(self.begun)
@@ -161,21 +167,26 @@ cdef class Drafter:
     # -- Python level --------------------------------------------------------------------------
 
     def _hold(self, holder):
-        """Reserve the drafter for ``holder``'s generation (an engine; None frees it). A drafter
-        serves one engine at a time: two loops driving its per-sequence state at once would
-        corrupt it."""
-        if holder is not None and self.holder is not None and self.holder is not holder:
-            raise EngineBusyError(f"this {type(self).__name__} is in use by another engine's "
-                                  f"generation: give each engine its own drafter")
-        self.holder = holder
+        """Reserve the drafter for ``holder``'s generation (an engine; None frees it), once a
+        Python-level call in progress has returned. A drafter serves one engine at a time: two
+        loops driving its per-sequence state at once would corrupt it."""
+        with self.lock:
+            if holder is not None and self.holder is not None and self.holder is not holder:
+                raise EngineBusyError(f"this {type(self).__name__} is in use by another "
+                                      f"engine's generation: give each engine its own drafter")
+            self.holder = holder
+
+    cdef int check_free(self) except -1:
+        if self.holder is not None:
+            raise EngineBusyError(f"this {type(self).__name__} is in use by an engine's "
+                                  f"generation")
+        return 0
 
     def _check_seq(self, int seq_id, bint need_begun=True):
         self.check_seq(seq_id, need_begun)
 
     cdef int check_seq(self, int seq_id, bint need_begun) except -1:
-        if self.holder is not None:
-            raise EngineBusyError(f"this {type(self).__name__} is in use by an engine's "
-                                  f"generation")
+        self.check_free()
         # per-sequence state is allocated up to the highest id begun
         if not 0 <= seq_id < LLAMA_MAX_SEQ:
             raise ValueError(f"seq_id must be in [0, {LLAMA_MAX_SEQ}) (llama.cpp's LLAMA_MAX_SEQ), "
@@ -186,11 +197,14 @@ cdef class Drafter:
 
     def begin(self, prompt, int seq_id=0):
         """Start a generation for ``seq_id`` whose target context holds ``prompt``."""
-        self._check_seq(seq_id, need_begun=False)
-        cdef const token_t[::1] toks = as_tokens(prompt, "prompt")
-        self.reserve_seqs(seq_id + 1)
-        with nogil:
-            self.begin_seq(seq_id, &toks[0] if toks.shape[0] else NULL, toks.shape[0])
+        cdef const token_t[::1] toks
+        with self.lock:
+            self.check_free()
+            self._check_seq(seq_id, need_begun=False)
+            toks = as_tokens(prompt, "prompt")
+            self.reserve_seqs(seq_id + 1)
+            with nogil:
+                self.begin_seq(seq_id, &toks[0] if toks.shape[0] else NULL, toks.shape[0])
 
     def draft(self, history, int id_last, Py_ssize_t n_max, int seq_id=0):
         """Draft up to ``n_max`` tokens to follow ``history + [id_last]``; returns int32 array.
@@ -198,38 +212,52 @@ cdef class Drafter:
         ``history`` holds every token already in the target context for this sequence (prompt and
         accepted output, without ``id_last``).
         """
-        if n_max < 0:
-            raise ValueError(f"n_max must be >= 0, got {n_max}")
-        if id_last < 0:
-            raise ValueError(f"id_last must be a token id >= 0, got {id_last}")
-        self.check_seq(seq_id, True)
-        cdef cnp.ndarray hist = as_token_array(history, "history")
-        cdef const token_t* hist_ptr = <const token_t*> cnp.PyArray_DATA(hist)
-        cdef Py_ssize_t n_hist = cnp.PyArray_DIM(hist, 0)
-        cdef cnp.npy_intp dim = n_max
-        cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT32, 0)
-        cdef token_t* out_ptr = <token_t*> cnp.PyArray_DATA(out)
-        cdef Py_ssize_t n = 0
-        if n_max == 0:
-            return out
-        with nogil:
-            n = self.draft_seq(seq_id, hist_ptr if n_hist else NULL, n_hist, id_last, n_max, out_ptr)
-        return out[:n]
+        cdef cnp.ndarray hist
+        cdef const token_t* hist_ptr
+        cdef Py_ssize_t n_hist
+        cdef cnp.npy_intp dim
+        cdef cnp.ndarray out
+        cdef token_t* out_ptr
+        cdef Py_ssize_t n
+        with self.lock:
+            self.check_free()
+            if n_max < 0:
+                raise ValueError(f"n_max must be >= 0, got {n_max}")
+            if id_last < 0:
+                raise ValueError(f"id_last must be a token id >= 0, got {id_last}")
+            self.check_seq(seq_id, True)
+            hist = as_token_array(history, "history")
+            hist_ptr = <const token_t*> cnp.PyArray_DATA(hist)
+            n_hist = cnp.PyArray_DIM(hist, 0)
+            dim = n_max
+            out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT32, 0)
+            out_ptr = <token_t*> cnp.PyArray_DATA(out)
+            n = 0
+            if n_max == 0:
+                return out
+            with nogil:
+                n = self.draft_seq(seq_id, hist_ptr if n_hist else NULL, n_hist, id_last, n_max, out_ptr)
+            return out[:n]
 
     def accept(self, Py_ssize_t n_accepted, int seq_id=0):
         """Report that the first ``n_accepted`` tokens of the last draft for ``seq_id`` were accepted."""
-        if n_accepted < 0:
-            raise ValueError(f"n_accepted must be >= 0, got {n_accepted}")
-        self._check_seq(seq_id)
-        with nogil:
-            self.accept_seq(seq_id, n_accepted)
+        with self.lock:
+            self.check_free()
+            if n_accepted < 0:
+                raise ValueError(f"n_accepted must be >= 0, got {n_accepted}")
+            self._check_seq(seq_id)
+            with nogil:
+                self.accept_seq(seq_id, n_accepted)
 
     def end(self, output=(), int seq_id=0):
         """Finish the generation of ``seq_id``; ``output`` = the tokens it generated."""
-        self._check_seq(seq_id)
-        cdef const token_t[::1] toks = as_tokens(output, "output")
-        with nogil:
-            self.end_seq(seq_id, &toks[0] if toks.shape[0] else NULL, toks.shape[0])
+        cdef const token_t[::1] toks
+        with self.lock:
+            self.check_free()
+            self._check_seq(seq_id)
+            toks = as_tokens(output, "output")
+            with nogil:
+                self.end_seq(seq_id, &toks[0] if toks.shape[0] else NULL, toks.shape[0])
 
     def __repr__(self):
         return f"{type(self).__name__}()"

@@ -706,11 +706,15 @@ cdef class NgramCache(Drafter):
         Raises FileNotFoundError if it does not exist and ValueError (naming the byte offset) if it
         is truncated or corrupt; the cache is unchanged then.
         """
-        self.load_into(&self.static_, path)
+        with self.lock:
+            self.check_free()
+            self.load_into(&self.static_, path)
 
     def load_dynamic(self, path):
         """Replace the dynamic cache with the lookup-cache file ``path`` (errors as load_static)."""
-        self.load_into(&self.dynamic, path)
+        with self.lock:
+            self.check_free()
+            self.load_into(&self.dynamic, path)
 
     def save_static(self, path):
         """Write the static cache to ``path`` in llama.cpp's lookup-cache format."""
@@ -726,36 +730,47 @@ cdef class NgramCache(Drafter):
 
     def add_static(self, tokens):
         """Count the 2-grams of ``tokens`` into the static cache (what llama-lookup-create does)."""
-        cdef const token_t[::1] toks = _tokens(tokens)
-        with nogil:
-            cache_update(&self.static_, NGRAM_STATIC, NGRAM_STATIC,
-                         &toks[0] if toks.shape[0] else NULL, toks.shape[0], 0, False)
+        cdef const token_t[::1] toks
+        with self.lock:
+            self.check_free()
+            toks = _tokens(tokens)
+            with nogil:
+                cache_update(&self.static_, NGRAM_STATIC, NGRAM_STATIC,
+                             &toks[0] if toks.shape[0] else NULL, toks.shape[0], 0, False)
 
     def add_dynamic(self, tokens):
         """Count the 1- to 4-grams of ``tokens`` into the dynamic cache."""
-        cdef const token_t[::1] toks = _tokens(tokens)
-        with nogil:
-            cache_update(&self.dynamic, NGRAM_MIN, NGRAM_MAX,
-                         &toks[0] if toks.shape[0] else NULL, toks.shape[0], 0, False)
+        cdef const token_t[::1] toks
+        with self.lock:
+            self.check_free()
+            toks = _tokens(tokens)
+            with nogil:
+                cache_update(&self.dynamic, NGRAM_MIN, NGRAM_MAX,
+                             &toks[0] if toks.shape[0] else NULL, toks.shape[0], 0, False)
 
     def merge_context(self, int seq_id=0):
         """Add the context cache of ``seq_id`` to the dynamic cache (llama.cpp's lookup example does
         this at the end of a generation, before saving the dynamic cache)."""
-        cdef Cache* src = self.pick("context", seq_id)
-        with nogil:
-            cache_merge(&self.dynamic, src)
+        cdef Cache* src
+        with self.lock:
+            self.check_free()
+            src = self.pick("context", seq_id)
+            with nogil:
+                cache_merge(&self.dynamic, src)
 
     def counts(self, ngram, str cache="context", int seq_id=0):
         """``{token: count}`` of the tokens seen after ``ngram`` (1 to 4 token ids) in ``cache``."""
         cdef token_t key[4]
-        toks = [int(t) for t in ngram]
-        if not 1 <= len(toks) <= NGRAM_MAX:
-            raise ValueError(f"ngram must hold 1 to {NGRAM_MAX} tokens, got {len(toks)}")
-        if any(not 0 <= t <= 0x7FFFFFFF for t in toks):
-            raise ValueError("ngram holds token ids outside [0, 2**31)")
-        for j in range(NGRAM_MAX):
-            key[j] = toks[j] if j < len(toks) else NO_TOKEN
-        return cache_counts(self.pick(cache, seq_id), key)
+        with self.lock:
+            self.check_free()
+            toks = [int(t) for t in ngram]
+            if not 1 <= len(toks) <= NGRAM_MAX:
+                raise ValueError(f"ngram must hold 1 to {NGRAM_MAX} tokens, got {len(toks)}")
+            if any(not 0 <= t <= 0x7FFFFFFF for t in toks):
+                raise ValueError("ngram holds token ids outside [0, 2**31)")
+            for j in range(NGRAM_MAX):
+                key[j] = toks[j] if j < len(toks) else NO_TOKEN
+            return cache_counts(self.pick(cache, seq_id), key)
 
     def n_ngrams(self, str cache="context", int seq_id=0):
         """Number of distinct n-grams in ``cache`` ("context" of ``seq_id``, "dynamic" or "static")."""
@@ -764,14 +779,16 @@ cdef class NgramCache(Drafter):
     def reset(self, seq_id=None):
         """Drop the context cache of ``seq_id`` (default: every sequence); static and dynamic stay."""
         cdef int i
-        if seq_id is not None:
-            i = seq_id
-            cache_clear(self.pick("context", i))
-            self.seqs[i].cache_size = 0
-            return
-        for i in range(self.n_seq):
-            cache_clear(&self.seqs[i].context)
-            self.seqs[i].cache_size = 0
+        with self.lock:
+            self.check_free()
+            if seq_id is not None:
+                i = seq_id
+                cache_clear(self.pick("context", i))
+                self.seqs[i].cache_size = 0
+                return
+            for i in range(self.n_seq):
+                cache_clear(&self.seqs[i].context)
+                self.seqs[i].cache_size = 0
 
     def __repr__(self):
         return (f"NgramCache(n_draft={self.n_draft}, n_static={self.static_.n}, "

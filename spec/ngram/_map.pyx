@@ -388,8 +388,10 @@ cdef class NgramMap(Drafter):
     def reset(self):
         """Drop the state of every sequence (as if freshly constructed)."""
         cdef Py_ssize_t s
-        for s in range(<Py_ssize_t> self.maps.size()):
-            reset_map(&self.maps[s], self.size_n)
+        with self.lock:
+            self.check_free()
+            for s in range(<Py_ssize_t> self.maps.size()):
+                reset_map(&self.maps[s], self.size_n)
 
     def _state(self, int seq_id=0):
         """The map of ``seq_id`` as Python objects (for tests and debugging).

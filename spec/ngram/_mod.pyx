@@ -253,9 +253,11 @@ cdef class NgramMod(Drafter):
 
     def reset(self):
         """Clear the table and every sequence's state (indexing position, last draft, low streak)."""
-        self.clear_table()
-        if self.seqs != NULL:
-            memset(self.seqs, 0, <size_t> self.n_seq * sizeof(ModSeq))
+        with self.lock:
+            self.check_free()
+            self.clear_table()
+            if self.seqs != NULL:
+                memset(self.seqs, 0, <size_t> self.n_seq * sizeof(ModSeq))
 
     def _slot_of(self, ngram):
         """Table slot of an ``n_match``-token n-gram (upstream's ``idx``); for tests."""

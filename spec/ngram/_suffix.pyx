@@ -890,7 +890,9 @@ cdef class SuffixTree(Drafter):
 
     def reset(self):
         """Drop every sequence's tree and the global tree (all sequences must ``begin`` again)."""
-        self._free_all()
+        with self.lock:
+            self.check_free()
+            self._free_all()
 
     def draft_tree(self, history, int id_last, Py_ssize_t n_max, int seq_id=0):
         """Tree-shaped draft for tree verification: ``(tokens, parents, probs)``.
@@ -902,25 +904,32 @@ cdef class SuffixTree(Drafter):
         the rest are the other continuations of the same match, most probable first, down to
         ``min_token_prob`` and no deeper than the path draft's length cap.
         """
-        if n_max < 0:
-            raise ValueError(f"n_max must be >= 0, got {n_max}")
-        if id_last < 0:
-            raise ValueError(f"id_last must be a token id >= 0, got {id_last}")
-        self._check_seq(seq_id)
-        cdef const token_t[::1] hist = as_token_array(history, "history")
-        tokens = np.empty(n_max, dtype=np.int32)
-        parents = np.empty(n_max, dtype=np.int32)
-        probs = np.empty(n_max, dtype=np.float32)
-        cdef token_t[::1] tok_v = tokens
-        cdef int32_t[::1] par_v = parents
-        cdef float[::1] prob_v = probs
-        cdef Py_ssize_t n = 0
-        if n_max == 0:
-            return tokens, parents, probs
-        with nogil:
-            n = self._draft_tree(seq_id, &hist[0] if hist.shape[0] else NULL, hist.shape[0],
-                                 id_last, n_max, &tok_v[0], &par_v[0], &prob_v[0])
-        return tokens[:n].copy(), parents[:n].copy(), probs[:n].copy()
+        cdef const token_t[::1] hist
+        cdef token_t[::1] tok_v
+        cdef int32_t[::1] par_v
+        cdef float[::1] prob_v
+        cdef Py_ssize_t n
+        with self.lock:
+            self.check_free()
+            if n_max < 0:
+                raise ValueError(f"n_max must be >= 0, got {n_max}")
+            if id_last < 0:
+                raise ValueError(f"id_last must be a token id >= 0, got {id_last}")
+            self._check_seq(seq_id)
+            hist = as_token_array(history, "history")
+            tokens = np.empty(n_max, dtype=np.int32)
+            parents = np.empty(n_max, dtype=np.int32)
+            probs = np.empty(n_max, dtype=np.float32)
+            tok_v = tokens
+            par_v = parents
+            prob_v = probs
+            n = 0
+            if n_max == 0:
+                return tokens, parents, probs
+            with nogil:
+                n = self._draft_tree(seq_id, &hist[0] if hist.shape[0] else NULL, hist.shape[0],
+                                     id_last, n_max, &tok_v[0], &par_v[0], &prob_v[0])
+            return tokens[:n].copy(), parents[:n].copy(), probs[:n].copy()
 
     cdef Py_ssize_t _draft_tree(self, int seq, const token_t* history, Py_ssize_t n_history,
                                 token_t id_last, Py_ssize_t n_max, token_t* out, int32_t* parents,
@@ -1019,11 +1028,14 @@ cdef class SuffixTree(Drafter):
 
     def memory_bytes(self):
         """Bytes allocated by all trees (every sequence's and the global one)."""
-        cdef size_t total = tree_bytes(&self.glob) + <size_t> self.cap_stale * sizeof(int32_t)
+        cdef size_t total
         cdef int i
-        for i in range(self.n_seq):
-            total += tree_bytes(&self.local[i])
-        return total
+        with self.lock:
+            self.check_free()
+            total = tree_bytes(&self.glob) + <size_t> self.cap_stale * sizeof(int32_t)
+            for i in range(self.n_seq):
+                total += tree_bytes(&self.local[i])
+            return total
 
     def tree_stats(self, seq_id=None):
         """Size of a sequence's tree, or of the global one (``seq_id=None``).
@@ -1031,13 +1043,16 @@ cdef class SuffixTree(Drafter):
         ``nodes`` and ``tokens`` are live; ``bytes`` is what the tree has allocated and
         ``bytes_used`` the part of it in use (the rest is growth room and freed slots).
         """
-        cdef const Tree* t = self._tree(seq_id)
-        if not tree_ready(t):
-            return {"nodes": 0, "tokens": 0, "bytes": tree_bytes(t), "bytes_used": 0}
-        return {"nodes": t.n_live, "tokens": t.tok_end - t.tok_begin, "bytes": tree_bytes(t),
-                "bytes_used": (t.n_live * sizeof(Node) + t.slab_used * sizeof(int32_t)
-                               + (t.tok_end - t.tok_begin) * sizeof(token_t)
-                               + t.max_depth * sizeof(int32_t))}
+        cdef const Tree* t
+        with self.lock:
+            self.check_free()
+            t = self._tree(seq_id)
+            if not tree_ready(t):
+                return {"nodes": 0, "tokens": 0, "bytes": tree_bytes(t), "bytes_used": 0}
+            return {"nodes": t.n_live, "tokens": t.tok_end - t.tok_begin, "bytes": tree_bytes(t),
+                    "bytes_used": (t.n_live * sizeof(Node) + t.slab_used * sizeof(int32_t)
+                                   + (t.tok_end - t.tok_begin) * sizeof(token_t)
+                                   + t.max_depth * sizeof(int32_t))}
 
     @property
     def n_cached(self):

@@ -1,0 +1,200 @@
+"""Auto draft lengths end to end: this checkout against an earlier revision, llama.cpp's
+llama-speculative-simple, and the hindsight oracle, per prompt.
+
+    python bench/draft_lengths.py --before REV [--rounds 2] [--n-gen 128] [--prompts 8]
+                                  [--drafters suffix,ngram-simple] [--llama]
+
+Greedy, default model, 2 threads; the held-out code-rewrite and chat prompts of the end-to-end
+benchmark. Every (revision, drafter) pair runs in a fresh interpreter that, for each prompt in
+turn, generates with plain decoding and then with the drafter (``n_draft="auto"``, the
+revision's defaults), so each speedup is a ratio measured back to back; revisions alternate
+round after round and the figure per prompt is the median over rounds. The oracle
+(``spec.simulate(..., cost_table=...)``) replays the plain output through the drafter, priced
+by the verify-cost table of ``bench/results/verify_cost.json`` (``python -m pytest
+bench/test_verify_cost.py -s`` measures it, to 72 rows): the best speedup any schedule of
+draft lengths could reach with that drafter on this machine. With ``--llama``, llama.cpp's
+``llama-speculative-simple`` runs each prompt with ngram-simple and ngram-mod at their defaults
+(up to 48 drafted) and at ``size_n`` 4; its speedup is over spec's plain decoding of the same
+prompt (spec's plain decode runs at 0.98 of llama.cpp's own, bench/RESULTS.md).
+Results: ``bench/results/draft_lengths.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+THREADS = int(os.environ.get("SPEC_BENCH_THREADS", os.cpu_count() or 2))
+N_MAX = 64          # the oracle's longest draft (this checkout's n_draft_max)
+LLAMA = {           # name -> (--spec-type, extra flags)
+    "llama ngram-simple": ("ngram-simple", []),
+    "llama ngram-simple n4": ("ngram-simple", ["--spec-ngram-simple-size-n", "4"]),
+    "llama ngram-mod": ("ngram-mod", []),
+    "llama ngram-mod n4": ("ngram-mod", ["--spec-ngram-mod-n-match", "4"]),
+}
+LLAMA_N_DRAFT = 48
+
+
+def workloads(n_prompts: int) -> dict:
+    sys.path.insert(0, str(BENCH))
+    from _workloads import chat_prompts, code_prompts
+    return {"code": code_prompts(n_prompts), "chat": chat_prompts(n_prompts)}
+
+
+def run(drafter: str, n_gen: int, n_prompts: int) -> dict:
+    """In this interpreter (whichever spec it imports): per prompt, plain then drafter."""
+    import spec
+    out = {"spec_file": spec.__file__, "runs": {}}
+    with spec.Model(spec.models.resolve("default")) as model:
+        plain = spec.Engine(model, drafter=None, n_ctx=4096, n_threads=THREADS)
+        engine = spec.Engine(model, drafter=drafter, n_ctx=4096, n_threads=THREADS)
+        for e in (plain, engine):
+            e.generate("Hello", max_tokens=8)                       # warm-up
+        for kind, prompts in workloads(n_prompts).items():
+            for i, prompt in enumerate(prompts):
+                base = plain.generate(prompt, max_tokens=n_gen)
+                res = engine.generate(prompt, max_tokens=n_gen)
+                out["runs"][f"{kind}{i}"] = {
+                    "plain_tok_s": base.stats.decode_tok_s, "tok_s": res.stats.decode_tok_s,
+                    "speedup": res.stats.decode_tok_s / base.stats.decode_tok_s,
+                    "mean_accept_len": res.stats.mean_accept_len,
+                    "prompt_tokens": model.tokenize(prompt).tolist(),
+                    "plain_tokens": base.tokens.tolist(), "same": base.tokens.tolist() == res.tokens.tolist()}
+    return out
+
+
+def _run_in(tree: Path, drafter: str, n_gen: int, n_prompts: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--run", drafter,
+                           str(n_gen), str(n_prompts)], env=env, cwd=tempfile.gettempdir(),
+                          capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not Path(result["spec_file"]).resolve().is_relative_to(tree.resolve()):
+        raise RuntimeError(f"the run imported {result['spec_file']}, not the build in {tree}")
+    return result
+
+
+def _build(rev: str, into: Path) -> None:
+    if (into / ".git").exists():          # --before-dir: built by an earlier run
+        head = subprocess.run(["git", "-C", str(into), "rev-parse", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        full = subprocess.run(["git", "-C", str(ROOT), "rev-parse", rev], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        if head != full:
+            raise SystemExit(f"{into} holds {head}, not {rev}")
+        return
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(into)], check=True)
+    subprocess.run(["git", "-C", str(into), "checkout", "-q", rev], check=True)
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=into,
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def cost_table() -> dict:
+    data = json.loads((BENCH / "results" / "verify_cost.json").read_text())
+    table = {int(k): v for k, v in data["median_ms"].items()}
+    if max(table) < N_MAX + 1:
+        raise SystemExit(f"bench/results/verify_cost.json measures up to {max(table)} rows; "
+                         f"the oracle needs {N_MAX + 1}: run python -m pytest "
+                         f"bench/test_verify_cost.py -s")
+    return table
+
+
+def llama_speedups(n_gen: int, n_prompts: int, plain_tok_s: dict) -> dict:
+    sys.path.insert(0, str(BENCH))
+    import spec
+    from _llama_tools import speculative_simple
+    model = str(spec.models.resolve("default"))
+    out = {name: {} for name in LLAMA}
+    for kind, prompts in workloads(n_prompts).items():
+        for i, prompt in enumerate(prompts):
+            key = f"{kind}{i}"
+            with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+                f.write(prompt)
+            for name, (spec_type, flags) in LLAMA.items():
+                r = speculative_simple(model, f.name, n_gen, THREADS, spec_type, LLAMA_N_DRAFT,
+                                       flags, n_ctx=4096)
+                out[name][key] = r["tok_s"] / plain_tok_s[key]
+            os.unlink(f.name)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--before", required=False)
+    ap.add_argument("--before-dir", help="where to build --before (kept for the next run)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--n-gen", type=int, default=128)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--drafters", default="suffix,ngram-simple")
+    ap.add_argument("--llama", action="store_true")
+    ap.add_argument("--run", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.run:
+        print(json.dumps(run(args.run[0], int(args.run[1]), int(args.run[2]))))
+        return 0
+    sys.path[:0] = [str(ROOT), str(BENCH)]
+    import spec
+    from conftest import save
+    table = cost_table()
+    drafters = args.drafters.split(",")
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"after": ROOT}
+        if args.before:
+            trees = {"before": Path(args.before_dir or Path(tmp) / "before"), "after": ROOT}
+            _build(args.before, trees["before"])
+        for rnd in range(args.rounds):
+            for drafter in drafters:
+                for side, tree in trees.items():
+                    r = _run_in(tree, drafter, args.n_gen, args.prompts)
+                    runs.setdefault((side, drafter), []).append(r["runs"])
+                    med = statistics.median(v["speedup"] for v in r["runs"].values())
+                    print(f"round {rnd} {drafter:14s} {side:6s} median speedup {med:.3f}",
+                          flush=True)
+    first = runs["after", drafters[0]][0]
+    rows = {}
+    for key in first:
+        stream = first[key]["prompt_tokens"] + first[key]["plain_tokens"]
+        row = {}
+        for drafter in drafters:
+            for side in trees:
+                row[f"{side} {drafter}"] = statistics.median(
+                    r[key]["speedup"] for r in runs[side, drafter])
+            sim = spec.simulate(drafter, stream, n_max=N_MAX,
+                                prompt_len=len(first[key]["prompt_tokens"]), cost_table=table)
+            row[f"oracle {drafter}"] = sim.oracle_speedup
+            row[f"simulated {drafter}"] = sim.policy_speedup
+            row[f"achieved/oracle {drafter}"] = row[f"after {drafter}"] / sim.oracle_speedup
+        row["plain_tok_s"] = statistics.median(r[key]["plain_tok_s"]
+                                               for r in runs["after", drafters[0]])
+        rows[key] = row
+    if args.llama:
+        for name, per_prompt in llama_speedups(args.n_gen, args.prompts,
+                                               {k: v["plain_tok_s"] for k, v in rows.items()}).items():
+            for key, value in per_prompt.items():
+                rows[key][name] = value
+    summary = {}
+    for kind in ("code", "chat"):
+        keys = [k for k in rows if k.startswith(kind)]
+        cols = [c for c in rows[keys[0]] if c != "plain_tok_s"]
+        summary[kind] = {c: {"median": statistics.median(rows[k][c] for k in keys),
+                             "min": min(rows[k][c] for k in keys)} for c in cols}
+        print(f"\n{kind}: median (worst prompt)")
+        for c in cols:
+            print(f"  {c:28s} {summary[kind][c]['median']:.3f} ({summary[kind][c]['min']:.3f})")
+    save("draft_lengths", {"command": "python bench/draft_lengths.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]), "before": args.before, "n_gen": args.n_gen,
+        "n_prompts": args.prompts, "rounds": args.rounds, "n_max_oracle": N_MAX,
+        "summary": summary, "per_prompt": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
