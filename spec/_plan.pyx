@@ -153,7 +153,10 @@ cdef int plan_lengths(const double* alpha, const int* run, const int* avail, con
         lengths[i] += 1
         reach[i] = g
         tokens += g
-        rate = tokens / cost_estimate(cost, n_rows + x)
+        rows = n_rows + x
+        if rows % TILE and cost_age(cost, rows) > COST_FRESH and cost_fitted(cost):
+            continue    # the fit misses the tile penalty: an unmeasured size lands on a tile
+        rate = tokens / cost_estimate(cost, rows)
         if rate > best_rate * (1.0 + 1e-9):
             best_rate = rate
             best_x = x
