@@ -34,6 +34,8 @@ cdef class Drafter:
     cdef int reserve_seqs(self, int n_seq) except -1
     cdef int check_seq(self, int seq_id, bint need_begun) except -1   # ValueError if unknown
     cdef int check_free(self) except -1   # EngineBusyError while an engine's generation holds it
+    # the Python draft methods' arguments: free, n_max >= 0, id_last >= 0, seq_id begun
+    cdef int check_draft_args(self, Py_ssize_t n_max, int id_last, int seq_id) except -1
     cdef int begin_seq(self, int seq, const token_t* prompt, Py_ssize_t n_prompt) except -1 nogil
     cdef Py_ssize_t draft_seq(self, int seq, const token_t* history, Py_ssize_t n_history,
                               token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil

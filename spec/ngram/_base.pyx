@@ -176,6 +176,14 @@ cdef class Drafter:
                                       f"engine's generation: give each engine its own drafter")
             self.holder = holder
 
+    cdef int check_draft_args(self, Py_ssize_t n_max, int id_last, int seq_id) except -1:
+        self.check_free()
+        if n_max < 0:
+            raise ValueError(f"n_max must be >= 0, got {n_max}")
+        if id_last < 0:
+            raise ValueError(f"id_last must be a token id >= 0, got {id_last}")
+        return self.check_seq(seq_id, True)
+
     cdef int check_free(self) except -1:
         if self.holder is not None:
             raise EngineBusyError(f"this {type(self).__name__} is in use by an engine's "
@@ -220,12 +228,7 @@ cdef class Drafter:
         cdef token_t* out_ptr
         cdef Py_ssize_t n
         with self.lock:
-            self.check_free()
-            if n_max < 0:
-                raise ValueError(f"n_max must be >= 0, got {n_max}")
-            if id_last < 0:
-                raise ValueError(f"id_last must be a token id >= 0, got {id_last}")
-            self.check_seq(seq_id, True)
+            self.check_draft_args(n_max, id_last, seq_id)
             hist = as_token_array(history, "history")
             hist_ptr = <const token_t*> cnp.PyArray_DATA(hist)
             n_hist = cnp.PyArray_DIM(hist, 0)

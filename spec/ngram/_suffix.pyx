@@ -910,12 +910,7 @@ cdef class SuffixTree(Drafter):
         cdef float[::1] prob_v
         cdef Py_ssize_t n
         with self.lock:
-            self.check_free()
-            if n_max < 0:
-                raise ValueError(f"n_max must be >= 0, got {n_max}")
-            if id_last < 0:
-                raise ValueError(f"id_last must be a token id >= 0, got {id_last}")
-            self._check_seq(seq_id)
+            self.check_draft_args(n_max, id_last, seq_id)
             hist = as_token_array(history, "history")
             tokens = np.empty(n_max, dtype=np.int32)
             parents = np.empty(n_max, dtype=np.int32)
