@@ -31,6 +31,17 @@ class ContextOverflowError(SpecError, ValueError):
     """Tokens do not fit in the context window."""
 
 
+class RequestError(SpecError, ValueError, TypeError):
+    """One request of a batch is invalid (:meth:`spec.Engine.iter_batch` checks every request
+    before generating anything). ``index`` is its position in the batch, ``reason`` what is wrong;
+    it is both a ValueError and a TypeError, as the underlying check raised one or the other."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"request {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
 class DecodeError(SpecError):
     """llama_decode failed. ``code`` is llama.cpp's return value."""
 

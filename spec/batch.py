@@ -4,11 +4,12 @@ Input: one JSON object per line, ``{"id": ..., "prompt": ...}`` with optional pe
 ``max_tokens``, ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``seed`` and ``stop`` (they
 override the command-line values). Blank lines are ignored; ids are strings or integers.
 
-Output: one JSON line per finished request (``id``, ``text``, ``n_prompt``, ``n_generated`` and
-the speculation counters), in finishing order; requests start longest first unless ``--order
-input``. Each line goes to the file in a single write and is fsync'd before the next request is
-reported, so an interrupted job leaves only complete lines plus at most one partial last line. Re-running the same command resumes: complete lines are kept,
-a partial last line is cut off, and requests whose id is already in the output are skipped.
+Output: one JSON line per finished request (``id``, ``text``, ``n_prompt``, ``n_generated``,
+``finish_reason`` and the speculation counters), in finishing order; requests start longest
+first unless ``--order input``. Each line goes to the file in a single write and is fsync'd
+before the next request is reported, so an interrupted job leaves only complete lines plus at
+most one partial last line. Re-running the same command resumes: complete lines are kept, a
+partial last line is cut off, and requests whose id is already in the output are skipped.
 
 Bad input lines (malformed JSON, missing or non-string prompt, missing or duplicate id, bad
 per-request values, a prompt that does not fit the context with its ``max_tokens``) are reported
@@ -21,9 +22,7 @@ import argparse
 import errno
 import fcntl
 import json
-import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -33,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spec._core import MAX_SEQ
+from spec._requests import PARAM_KEYS, check_params, fit, generate, is_int as _is_int
 
 #: Keys an input line may hold.
-REQUEST_KEYS = ("id", "prompt", "max_tokens", "temperature", "top_k", "top_p", "min_p", "seed",
-                "stop")
+REQUEST_KEYS = ("id", "prompt", *PARAM_KEYS)
 #: Per-request speculation counters copied from :class:`spec.engine.Stats` into each output line.
 STAT_KEYS = ("n_steps", "n_drafted", "n_accepted", "accept_rate", "mean_accept_len")
 
@@ -44,9 +43,6 @@ STAT_KEYS = ("n_steps", "n_drafted", "n_accepted", "accept_rate", "mean_accept_l
 MAX_PARALLEL = MAX_SEQ
 #: Orders requests may start in (see :meth:`spec.Engine.iter_batch`).
 ORDERS = ("longest_first", "input")
-
-_SEED_MIN, _SEED_MAX = -(1 << 63), (1 << 64) - 1
-_INT32_MAX = (1 << 31) - 1
 
 
 # -- input ------------------------------------------------------------------------------------
@@ -69,57 +65,6 @@ class Invalid:
 
     def as_dict(self) -> dict:
         return {"line": self.line, "id": self.id, "reason": self.reason}
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def check_params(params: dict, prefix: str = "") -> dict:
-    """Validate generation parameters (the keys present among max_tokens, temperature, top_k,
-    top_p, min_p, seed, stop); returns them normalised (stop as a list). Raises ValueError naming
-    the first bad one (``prefix`` is put before its name, e.g. ``--`` for options)."""
-    out = dict(params)
-
-    def bad(name, why):
-        raise ValueError(f"{prefix}{name.replace('_', '-') if prefix else name} {why}, "
-                         f"got {params[name]!r}")
-
-    if "max_tokens" in params:
-        v = params["max_tokens"]
-        if not _is_int(v) or v < 0:
-            bad("max_tokens", "must be an integer >= 0")
-    if "temperature" in params:
-        v = params["temperature"]
-        if not _is_number(v) or v < 0:
-            bad("temperature", "must be a number >= 0")
-    if "top_k" in params:
-        v = params["top_k"]
-        if not _is_int(v) or not 0 <= v <= _INT32_MAX:
-            bad("top_k", "must be an integer >= 0")
-    if "top_p" in params:
-        v = params["top_p"]
-        if not _is_number(v) or not 0 < v <= 1:
-            bad("top_p", "must be a number in (0, 1]")
-    if "min_p" in params:
-        v = params["min_p"]
-        if not _is_number(v) or not 0 <= v <= 1:
-            bad("min_p", "must be a number in [0, 1]")
-    if "seed" in params:
-        v = params["seed"]
-        if not _is_int(v) or not _SEED_MIN <= v <= _SEED_MAX:
-            bad("seed", "must be a 64-bit integer")
-    if "stop" in params:
-        v = params["stop"]
-        stops = [v] if isinstance(v, str) else v
-        if not isinstance(stops, list) or any(not isinstance(s, str) or not s for s in stops):
-            bad("stop", "must be a non-empty string or a list of non-empty strings")
-        out["stop"] = list(stops)
-    return out
 
 
 def _id_text(value) -> str:
@@ -325,38 +270,31 @@ class Output:
 
 
 class Progress:
-    """A one-line progress bar on a terminal, redrawn in place with ``\\r``."""
-
-    WIDTH = 24
+    """tqdm's bar over the requests, with the tokens, tokens/s and acceptance so far."""
 
     def __init__(self, total: int, stream, enabled: bool):
-        self.total, self.stream, self.enabled = total, stream, enabled
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=total, file=stream, disable=not enabled, unit="req", desc="batch",
+                        leave=False, dynamic_ncols=True, mininterval=0.1)
         self.t0 = time.perf_counter()
-        self.last = 0.0
-        self.shown = False
 
-    def update(self, done: int, tokens: int, drafted: int, accepted: int, force=False) -> None:
-        if not self.enabled:
+    def update(self, done: int, tokens: int, drafted: int, accepted: int) -> None:
+        if self.bar.disable:
             return
-        now = time.perf_counter()
-        if not force and now - self.last < 0.1 and done < self.total:
-            return
-        self.last = now
-        elapsed = now - self.t0
-        filled = self.WIDTH * done // self.total if self.total else self.WIDTH
-        bar = "#" * filled + "." * (self.WIDTH - filled)
+        elapsed = time.perf_counter() - self.t0
         rate = tokens / elapsed if elapsed > 0 else 0.0
         acc = f"{100 * accepted / drafted:.0f} %" if drafted else "-"
-        self.stream.write(f"\r[{bar}] {done}/{self.total} requests | {tokens} tok "
-                          f"{rate:.1f} tok/s | accepted {acc}   ")
-        self.stream.flush()
-        self.shown = True
+        self.bar.set_postfix_str(f"{tokens} tok, {rate:.1f} tok/s, accepted {acc}", refresh=False)
+        self.bar.update(done - self.bar.n)
+        if done == self.bar.total:
+            self.bar.refresh()        # the last state is drawn even within mininterval
+
+    def set_total(self, total: int) -> None:
+        self.bar.total = total
+        self.bar.refresh()
 
     def close(self) -> None:
-        if self.shown:
-            self.stream.write("\r" + " " * 100 + "\r")
-            self.stream.flush()
-            self.shown = False
+        self.bar.close()
 
 
 # -- the job ----------------------------------------------------------------------------------
@@ -415,9 +353,6 @@ class _Interrupts:
             if self.pending and not self.depth:
                 self.pending = False
                 raise KeyboardInterrupt
-
-
-_REQUEST_ERROR = re.compile(r"^request (\d+): (.*)$", re.S)
 
 
 def run_batch(input_path, output_path, *, model="default", drafter="none", n_parallel=8,
@@ -494,24 +429,13 @@ def run_batch(input_path, output_path, *, model="default", drafter="none", n_par
             engine = Engine(model, drafter=drafter, n_draft=n_draft, n_ctx=n_ctx,
                             n_threads=threads, n_parallel=min(n_parallel, len(pending)))
             summary["load_s"] = time.perf_counter() - t0
-            n_window = engine.ctx.n_ctx
-            fitting = []
-            for r in pending:
-                p = {**defaults, **r.params}
-                try:
-                    tokens = engine.tokenize_prompt(p["prompt"])
-                except ValueError as e:      # includes text that is not valid Unicode
-                    invalid.append(Invalid(r.line, f"prompt: {e}", r.id))
-                    continue
-                if tokens.size + p["max_tokens"] > n_window:
-                    invalid.append(Invalid(
-                        r.line, f"prompt ({tokens.size} tokens) + max_tokens ({p['max_tokens']}) "
-                                f"exceed the context window n_ctx={n_window}", r.id))
-                    continue
-                p["prompt"] = tokens
-                r.params = p
-                fitting.append(r)
-            pending = fitting
+            by_line = {r.line: r for r in pending}
+            ready, rejected = fit(engine, [(r.line, r.params) for r in pending], defaults)
+            for line, reason in rejected:
+                invalid.append(Invalid(line, reason, by_line[line].id))
+            for line, params in ready:
+                by_line[line].params = params
+            pending = [by_line[line] for line, _ in ready]
         if strict and invalid:
             return finish(2, pending_left=len(pending))
 
@@ -560,32 +484,24 @@ def _generate(engine, out, pending, invalid, n_parallel, order, progress, log, f
 
 def _generate_loop(engine, out, batch, invalid, n_parallel, order, totals, bar, interrupts):
     """The generation proper; ``batch`` loses requests that iter_batch rejects."""
-    while batch:
-        started = False
-        try:
-            bar.update(0, 0, 0, 0, force=True)
-            for i, result in engine.iter_batch([r.params for r in batch], n_parallel=n_parallel,
-                                               order=order):
-                started = True
-                r, st = batch[i], result.stats
-                record = {"id": r.id, "text": result.text, "n_prompt": st.n_prompt,
-                          "n_generated": st.n_generated}
-                record.update((k, getattr(st, k)) for k in STAT_KEYS)
-                with interrupts.critical():
-                    out.write(record)
-                    totals.add(st)
-                bar.update(totals.done, totals.generated_tokens, totals.n_drafted,
-                           totals.n_accepted)
-            return
-        except ValueError as e:
-            # iter_batch validates every request before generating anything; a request it
-            # rejects (a case the checks above did not foresee) becomes an invalid line.
-            m = _REQUEST_ERROR.match(str(e))
-            if started or m is None or int(m.group(1)) >= len(batch):
-                raise
-            r = batch.pop(int(m.group(1)))
-            invalid.append(Invalid(r.line, m.group(2), r.id))
-            bar.total = len(batch)
+    by_line = {r.line: r for r in batch}
+    ready = [(r.line, r.params) for r in batch]
+    for line, result, reason in generate(engine, ready, n_parallel=n_parallel, order=order,
+                                         on_start=lambda: bar.update(totals.done, 0, 0, 0)):
+        r = by_line[line]
+        if reason is not None:
+            invalid.append(Invalid(r.line, reason, r.id))
+            batch.remove(r)
+            bar.set_total(len(batch))
+            continue
+        st = result.stats
+        record = {"id": r.id, "text": result.text, "n_prompt": st.n_prompt,
+                  "n_generated": st.n_generated, "finish_reason": result.finish_reason}
+        record.update((k, getattr(st, k)) for k in STAT_KEYS)
+        with interrupts.critical():
+            out.write(record)
+            totals.add(st)
+        bar.update(totals.done, totals.generated_tokens, totals.n_drafted, totals.n_accepted)
 
 
 def format_summary(s: dict) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 
 from spec._core import MAX_SEQ, Context, Model, as_tokens
 from spec._engine import Loop, Sequence
-from spec._errors import ClosedError, ContextOverflowError, EngineBusyError, SpecError
+from spec._errors import ClosedError, ContextOverflowError, EngineBusyError, RequestError
 from spec._stops import StopScanner
 from spec import models as _models
 
@@ -240,9 +240,17 @@ class Result:
     tokens: np.ndarray            # generated token ids (int32), without the prompt
     stats: Stats
     margins: np.ndarray | None = None   # top-1 minus top-2 logit per token (trace=True)
+    #: "stop" (an end-of-generation token or a stop string ended it) or "length" (max_tokens)
+    finish_reason: str = "stop"
 
     def print_stats(self) -> None:
         print(self.stats.format())
+
+
+def _finish_reason(scanner: StopScanner, sq: Sequence, max_tokens: int) -> str:
+    if not scanner.found and sq.n_generated >= max_tokens:
+        return "length"
+    return "stop"
 
 
 def _check_sampling(temperature, top_k, top_p, min_p):
@@ -351,6 +359,14 @@ class Engine:
             return
         with self._turns.turn():
             self._free()
+
+    def reset_drafter(self) -> None:
+        """Forget what the drafter learned from earlier requests (the suffix tree's global tree,
+        ngram-mod's table, ...), so the next generation drafts from its own requests only. A job
+        whose batches may be retried calls it before each batch (:mod:`spec.ray` does): a retried
+        batch then drafts, and so generates, exactly as its first attempt did."""
+        if self.drafter is not None:
+            self.drafter.reset()
 
     def _hold(self, thread_id) -> None:
         """Reserve the contexts for the generation running in ``thread_id`` and the drafter for
@@ -500,7 +516,7 @@ class Engine:
         decode_s = time.perf_counter() - t0
         loop.end(sq)
         yield Result(text=scanner.text, tokens=sq.tokens, stats=self._stats(sq, loop, decode_s),
-                     margins=sq.margins)
+                     margins=sq.margins, finish_reason=_finish_reason(scanner, sq, max_tokens))
 
     # -- batches --
 
@@ -593,16 +609,16 @@ class Engine:
             if isinstance(item, dict):
                 unknown = set(item) - self._REQUEST_KEYS
                 if unknown:
-                    raise ValueError(f"request {i}: unknown keys {sorted(unknown)}")
+                    raise RequestError(i, f"unknown keys {sorted(unknown)}")
                 if "prompt" not in item:
-                    raise ValueError(f"request {i}: missing 'prompt'")
+                    raise RequestError(i, "missing 'prompt'")
                 req.update(item)
             else:
                 req["prompt"] = item
             try:
                 req["stop"] = _stop_list(req["stop"])
             except (TypeError, ValueError) as e:
-                raise type(e)(f"request {i}: {e}") from None
+                raise RequestError(i, str(e)) from None
             requests.append(req)
         if not requests:
             return
@@ -615,7 +631,7 @@ class Engine:
                 tokens = self._request_tokens(req["prompt"], req["max_tokens"], req["temperature"],
                                               req["top_k"], req["top_p"], req["min_p"], req["seed"])
             except (ValueError, TypeError) as e:
-                raise type(e)(f"request {i}: {e}") from None
+                raise RequestError(i, str(e)) from None
             pending.append((i, req, tokens))
         if order == "longest_first":    # popped from the end: most cells first, ties in input order
             pending.sort(key=lambda p: (p[2].size + p[1]["max_tokens"], -p[0]))
@@ -663,7 +679,8 @@ class Engine:
                     free_slots.append(slot)
                     scanner.close()
                     yield i, Result(text=scanner.text, tokens=sq.tokens,
-                                    stats=self._stats(sq, loop, time.perf_counter() - t0))
+                                    stats=self._stats(sq, loop, time.perf_counter() - t0),
+                                    finish_reason=_finish_reason(scanner, sq, req["max_tokens"]))
 
     def generate_batch(self, prompts, **kwargs) -> list:
         """:meth:`iter_batch` collected into a list of Results in input order."""

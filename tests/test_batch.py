@@ -463,7 +463,7 @@ def test_progress_bar_only_when_asked(tiny_model_path, tmp_path):
                         max_tokens=4)
     assert code == 0
     text = log.getvalue()
-    assert "\r[" in text and "4/4 requests" in text and "tok/s" in text
+    assert "\rbatch:" in text and "4/4" in text and "tok/s" in text and "accepted" in text
     assert text.endswith("\r")        # the bar is cleared before the summary is printed
 
 
