@@ -543,6 +543,16 @@ def _n_parallel(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``batch`` subcommand's options."""
     from spec.cli import _add_generation_options, _add_model_options
@@ -565,9 +575,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="exit with code 2 before generating if any input line is invalid")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    ray = p.add_argument_group("Ray Data (pip install \"spec[ray]\")")
+    ray.add_argument("--ray", action="store_true",
+                     help="run on Ray Data: --input is a .jsonl or .parquet file or directory, "
+                          "--output a directory of result files (rows whose id is already "
+                          "there are skipped); --threads is per actor (default 1)")
+    ray.add_argument("--ray-address", default=None,
+                     help="cluster to join (default: RAY_ADDRESS, else a local Ray instance)")
+    ray.add_argument("--concurrency", type=_positive, default=1,
+                     help="actors, each with its own engine (default 1)")
+    ray.add_argument("--output-format", choices=("jsonl", "parquet"), default=None,
+                     help="result files' format (default: the input's)")
+    ray.add_argument("--batch-size", type=_positive, default=None,
+                     help="rows per call of an actor (default 4 x --n-parallel)")
 
 
 def cmd_batch(args) -> int:
+    ray_only = [name for name, given in (("--ray-address", args.ray_address is not None),
+                                         ("--concurrency", args.concurrency != 1),
+                                         ("--output-format", args.output_format is not None),
+                                         ("--batch-size", args.batch_size is not None))
+                if given]
+    if args.ray:
+        if args.strict:
+            print("error: --strict is not available with --ray (bad rows get an 'error' column)",
+                  file=sys.stderr)
+            return 2
+        from spec.ray_batch import cmd_ray_batch
+        return cmd_ray_batch(args)
+    if ray_only:
+        print(f"error: {', '.join(ray_only)} need(s) --ray", file=sys.stderr)
+        return 2
     try:
         code, summary = run_batch(
             args.input, args.output, model=args.model, drafter=args.drafter,
