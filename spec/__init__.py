@@ -5,19 +5,20 @@ Research code imports everything from here:
 - :class:`Model`, :class:`Context` — handles over llama.cpp (``spec._core``);
 - :class:`Engine` — generation with a drafter (``spec.engine``);
 - drafters: :class:`NgramSimple`, :class:`NgramMapK`, :class:`NgramMapK4V`, :class:`NgramMod`,
-  :class:`NgramCache`, :class:`SuffixTree`, and :func:`llama_drafter` (llama.cpp's own);
+  :class:`NgramCache`, :class:`SuffixTree`, :func:`llama_drafter` (llama.cpp's own), and
+  :class:`PythonDrafter`, the base of drafters written in Python;
 - model-based sessions (:mod:`spec.sessions`): :class:`DraftModelSession`, :class:`MtpSession`,
   :class:`Eagle3Session`, :class:`DFlashSession`, configured by :class:`SessionConfig`;
 - :func:`simulate` — replay a token stream through a drafter without a model.
 """
 from spec._errors import (ClosedError, ContextError, ContextOverflowError, DecodeAbortedError,
                           DecodeError, EngineBusyError, InvalidBatchError, KVCacheFullError,
-                          ModelLoadError, NonFiniteLogitsError, SpecError)
+                          ModelLoadError, NonFiniteLogitsError, RequestError, SpecError)
 from spec._core import Context, Model
 from spec.engine import Engine, Result, Stats, drafter_names, make_drafter
 from spec.models import ModelNotInstalledError
 from spec.ngram import (Drafter, NgramCache, NgramMapK, NgramMapK4V, NgramMod, NgramSimple,
-                        SuffixTree)
+                        PythonDrafter, SuffixTree)
 from spec._simulate import SimResult, simulate
 from spec._upstream import LlamaDrafter
 from spec.sessions import (BadSeqIdError, DFlashSession, DraftModelSession, Eagle3Session,
@@ -40,7 +41,7 @@ __all__ = [
     "ClosedError", "Context", "ContextError", "ContextOverflowError", "DecodeAbortedError",
     "DecodeError", "Drafter", "Engine", "EngineBusyError", "InvalidBatchError", "KVCacheFullError", "LlamaDrafter",
     "Model", "ModelLoadError", "ModelNotInstalledError", "NgramCache", "NgramMapK", "NgramMapK4V",
-    "NgramMod", "NgramSimple", "NonFiniteLogitsError", "Result", "SimResult", "SpecError", "Stats", "SuffixTree",
+    "NgramMod", "NgramSimple", "NonFiniteLogitsError", "PythonDrafter", "RequestError", "Result", "SimResult", "SpecError", "Stats", "SuffixTree",
     "drafter_names", "llama_drafter", "make_drafter", "simulate",
     "BadSeqIdError", "DFlashSession", "DraftModelSession", "Eagle3Session", "InvalidConfigError",
     "MtpSession", "Session", "SessionConfig", "SessionInitError", "SessionProcessError",

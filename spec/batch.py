@@ -587,7 +587,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ray.add_argument("--output-format", choices=("jsonl", "parquet"), default=None,
                      help="result files' format (default: the input's)")
     ray.add_argument("--batch-size", type=_positive, default=None,
-                     help="rows per call of an actor (default 4 x --n-parallel)")
+                     help="rows per call of an actor (default: the rows split evenly over the "
+                          "actors, between 4 and 32 x --n-parallel)")
 
 
 def cmd_batch(args) -> int:

@@ -207,7 +207,10 @@ def generate(ds: "ray.data.Dataset", *, model="default", drafter="suffix", n_dra
                                    max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                                    top_p=top_p, min_p=min_p, seed=seed, stop=list(stop or ())),
         batch_size=batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=threads_per_actor)
+        # One batch in flight per actor: a batch queued behind a busy actor would wait while
+        # another actor (still loading its model when the batches were handed out) sits idle.
+        compute=ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1),
+        num_cpus=threads_per_actor)
 
 
 @dataclass

@@ -121,8 +121,13 @@ def run_ray_batch(input_path, output_dir, *, ray_address=None, concurrency=1, th
             n_skipped = n_rows - ds.count()
 
     # One block per batch, so that every actor gets work (a small file is read as one block).
-    batch_size = batch_size or 4 * options.get("n_parallel", 8)
-    ds = ds.repartition(max(1, -(-(n_rows - n_skipped) // batch_size)))
+    # Each batch ends with a tail where fewer than n_parallel sequences run: batches as large
+    # as the rows allow (up to 32 x n_parallel), but at least one per actor.
+    n_parallel = options.get("n_parallel", 8)
+    if batch_size is None:
+        per_actor = -(-(n_rows - n_skipped) // concurrency)
+        batch_size = max(4 * n_parallel, min(32 * n_parallel, per_actor))
+    ds = ds.repartition(max(1, -(-(n_rows - n_skipped) // batch_size))).materialize()
     out = spec.ray.generate(ds, concurrency=concurrency, threads_per_actor=threads,
                             batch_size=batch_size, **options)
     output_dir.mkdir(parents=True, exist_ok=True)

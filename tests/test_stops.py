@@ -94,3 +94,14 @@ def test_speculation_does_not_output_tokens_past_a_stop(bigram_model, cycling):
     np.testing.assert_array_equal(got.tokens, want.tokens)
     np.testing.assert_array_equal(batch[0].tokens, want.tokens)
     assert got.text == want.text == streamed == plain.text[:plain.text.find(stop)]
+
+
+def test_finish_reason_says_what_ended_the_generation(bigram_model, cycling):
+    prompt, plain, stop = cycling
+    with Engine(bigram_model, drafter="ngram-simple", n_draft=8, n_ctx=1024) as engine:
+        assert engine.generate(prompt, max_tokens=64, stop=[stop]).finish_reason == "stop"
+        assert engine.generate(prompt, max_tokens=64).finish_reason == "length"
+        assert engine.generate(prompt, max_tokens=0).finish_reason == "length"
+        reasons = [r.finish_reason for r in engine.generate_batch(
+            [{"prompt": prompt, "stop": [stop]}, prompt], n_parallel=2, max_tokens=64)]
+        assert reasons == ["stop", "length"]

@@ -3,8 +3,9 @@ from spec.ngram._base import Drafter
 from spec.ngram._cache import NgramCache
 from spec.ngram._map import NgramMapK, NgramMapK4V
 from spec.ngram._mod import NgramMod
+from spec.ngram._python import PythonDrafter
 from spec.ngram._simple import NgramSimple
 from spec.ngram._suffix import SuffixTree
 
 __all__ = ["Drafter", "NgramCache", "NgramMapK", "NgramMapK4V", "NgramMod", "NgramSimple",
-           "SuffixTree"]
+           "PythonDrafter", "SuffixTree"]
