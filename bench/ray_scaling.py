@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--configs", default=",".join(CONFIGS),
+                    help=f"comma-separated subset of: {', '.join(CONFIGS)}")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
     ap.add_argument("--output", help=argparse.SUPPRESS)
@@ -79,13 +81,16 @@ def main() -> None:
     sys.path.insert(0, str(BENCH))
     from _workloads import code_prompts
     from conftest import save
-    runs = {name: [] for name in CONFIGS}
+    names = args.configs.split(",")
+    if not set(names) <= set(CONFIGS):
+        sys.exit(f"--configs: unknown {sorted(set(names) - set(CONFIGS))}")
+    runs = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         inp = Path(tmp) / "prompts.jsonl"
         inp.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n"
                                for i, p in enumerate(code_prompts(args.prompts))))
         for r in range(args.rounds):
-            order = list(CONFIGS) if r % 2 == 0 else list(CONFIGS)[::-1]
+            order = names if r % 2 == 0 else names[::-1]
             for name in order:
                 out = Path(tmp) / f"out-{r}-{name.replace(' ', '-')}"
                 if CONFIGS[name][0] is None:
@@ -106,7 +111,7 @@ def main() -> None:
         return statistics.median(x[key] for x in runs[name])
 
     table = {}
-    for name in CONFIGS:
+    for name in names:
         table[name] = {
             "job_s": med(name, "job_s"), "tokens": med(name, "tokens"),
             "job_tok_s": statistics.median(x["tokens"] / x["job_s"] for x in runs[name]),
@@ -114,11 +119,15 @@ def main() -> None:
             "accept_rate": statistics.median(x["n_accepted"] / x["n_drafted"]
                                              if x["n_drafted"] else 0.0 for x in runs[name]),
         }
-    single = table["single"]["job_tok_s"]
+    def ratio(a, b):      # median over rounds of the side-by-side ratio of job times
+        if a not in runs or b not in runs:
+            return None
+        return statistics.median(x["job_s"] / y["job_s"] for x, y in zip(runs[a], runs[b]))
+
     summary = {
-        "ray_overhead_1_actor": table["ray 1x2"]["job_s"] / table["single"]["job_s"] - 1,
-        "ray_2x1_over_single": table["ray 2x1"]["job_tok_s"] / single,
-        "ray_2x1_over_ray_1x2": table["ray 2x1"]["job_tok_s"] / table["ray 1x2"]["job_tok_s"],
+        "ray_1x2_job_time_over_single": ratio("ray 1x2", "single"),
+        "single_job_time_over_ray_2x1": ratio("single", "ray 2x1"),
+        "ray_1x2_job_time_over_ray_2x1": ratio("ray 1x2", "ray 2x1"),
     }
     print("\n| configuration | job s | tok/s (job) | accept rate | ray.init s |")
     print("|---|---|---|---|---|")
@@ -128,8 +137,8 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     save("ray_scaling", {"prompts": args.prompts, "max_tokens": args.max_tokens,
                          "rounds": args.rounds, "n_parallel": N_PARALLEL, "drafter": DRAFTER,
-                         "configs": {k: {"actors": v[0], "threads": v[1]}
-                                     for k, v in CONFIGS.items()},
+                         "configs": {k: {"actors": CONFIGS[k][0], "threads": CONFIGS[k][1]}
+                                     for k in names},
                          "table": table, "summary": summary, "runs": runs})
 
 
