@@ -97,7 +97,9 @@ class BatchGenerator:
     """The callable class :func:`generate` gives ``Dataset.map_batches``: one per actor.
 
     The constructor loads the model and builds the engine (``model`` is a name from
-    ``spec.models`` or a GGUF path that must exist on the actor's node); each call takes a
+    ``spec.models`` or a GGUF path that must exist on the actor's node; ``drafter`` a drafter
+    name, or a callable returning a new drafter, e.g. a :class:`spec.PythonDrafter` subclass,
+    called on the actor since drafter objects do not travel between processes); each call takes a
     ``pyarrow.Table`` of rows and returns it with the :data:`OUTPUT_COLUMNS`. Generation
     defaults (``max_tokens`` ... ``stop``) apply to rows that do not set them.
     """
@@ -110,6 +112,8 @@ class BatchGenerator:
                                           top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
                                           stop=list(stop or ())))
         self.n_parallel, self.order = n_parallel, order
+        if callable(drafter):
+            drafter = drafter()
         self.engine = Engine(_model_path(model), drafter=drafter, n_draft=n_draft, n_ctx=n_ctx,
                              n_threads=n_threads, n_parallel=n_parallel)
 

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason='Ray Data is not installed: pip install "spec[ray]"')
@@ -15,6 +16,7 @@ pytest.importorskip("ray.data", reason='Ray Data is not installed: pip install "
 import pyarrow as pa                                    # noqa: E402  (after the skip)
 import pyarrow.parquet as pq                            # noqa: E402
 
+import spec                                             # noqa: E402
 import spec.cli                                         # noqa: E402
 import spec.ray                                         # noqa: E402
 from spec.engine import Engine                          # noqa: E402
@@ -154,6 +156,20 @@ def test_a_missing_model_path_fails_at_actor_start_naming_node_and_path(cluster,
 def test_a_model_name_resolves_on_the_actor(cluster, default_model_path):
     out = run_ray(ROWS[:1], "default", concurrency=1, max_tokens=4, n_ctx=None)
     assert out[0]["error"] is None and out[0]["n_generated"] == 4
+
+
+class _RepeatLast(spec.PythonDrafter):
+    def draft(self, history, id_last, n_max, seq_id=0):
+        hits = np.flatnonzero(history == id_last)
+        return history[hits[-1] + 1:][:n_max] if hits.size else ()
+
+
+def test_a_python_drafter_class_is_built_on_each_actor(cluster, bigram_model_path, reference):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    out = outputs_by_id(run_ray(ROWS, bigram_model_path, drafter=_RepeatLast))
+    for rid, (text, tokens) in reference.items():
+        assert list(out[rid]["tokens"]) == tokens, rid
+    assert sum(r["n_accepted"] for r in out.values()) > 0
 
 
 @pytest.mark.parametrize("bad, message", [
