@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spec._cli_options import add_generation_options, add_model_options
 from spec._core import MAX_SEQ
 from spec._requests import PARAM_KEYS, check_params, fit, generate, is_int as _is_int
 
@@ -555,8 +556,7 @@ def _positive(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``batch`` subcommand's options."""
-    from spec.cli import _add_generation_options, _add_model_options
-    _add_model_options(p)
+    add_model_options(p)
     p.add_argument("--input", required=True, type=Path,
                    help="JSONL file: {\"id\": ..., \"prompt\": ...} per line, with optional "
                         "max_tokens, temperature, top_k, top_p, min_p, seed, stop")
@@ -565,7 +565,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-parallel", type=_n_parallel, default=8,
                    help=f"sequences decoded together in one batch (default 8, at most "
                         f"{MAX_PARALLEL})")
-    _add_generation_options(p)
+    add_generation_options(p)
     p.add_argument("--order", choices=[o.replace("_", "-") for o in ORDERS],
                    default="longest-first",
                    help="which requests start first: longest-first (most prompt + max_tokens "

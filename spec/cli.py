@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from spec._cli_options import add_generation_options, add_model_options
+
 DEMO_PROMPT = '''Here is a Python function:
 
 ```python
@@ -31,42 +33,6 @@ The same function, with the variable `values` renamed to `samples`:
 '''
 
 
-def _n_draft(text: str):
-    if text == "auto":
-        return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--n-draft must be a positive integer or 'auto', got {text!r}")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"--n-draft must be > 0, got {value}")
-    return value
-
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default",
-                   help="'default' (Gemma-3-270M), 'smollm2', or a GGUF path")
-    p.add_argument("--n-ctx", type=int, default=None,
-                   help="context window in KV cells (default: min(4096, training); a batch job "
-                        "then grows it to hold n_parallel requests)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
-
-
-def _add_generation_options(p: argparse.ArgumentParser) -> None:
-    from spec.engine import drafter_names
-    p.add_argument("--drafter", default="none", choices=drafter_names(),
-                   help="drafting method (default: none = plain decoding)")
-    p.add_argument("--n-draft", type=_n_draft, default="auto", help="draft length or 'auto'")
-    p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m spec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,12 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="llama.cpp commit, build flags and CPU features")
 
     gen = sub.add_parser("generate", help="generate text for one prompt")
-    _add_model_options(gen)
+    add_model_options(gen)
     src = gen.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text (default: standard input when it is piped, "
                                       "else none: generate from the model's start token)")
     src.add_argument("--prompt-file", type=Path, help="file holding the prompt")
-    _add_generation_options(gen)
+    add_generation_options(gen)
     gen.add_argument("--draft-model", type=Path, default=None,
                      help="draft GGUF for --drafter draft / eagle3 / dflash")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
@@ -87,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --json: add per-token top-1 minus top-2 logit margins")
 
     demo = sub.add_parser("demo", help="the same grounded prompt with and without speculation")
-    _add_model_options(demo)
+    add_model_options(demo)
     demo.add_argument("--drafter", default="suffix")
     demo.add_argument("--max-tokens", type=int, default=128)
     demo.add_argument("--json", action="store_true")
