@@ -6,7 +6,8 @@ Research code imports everything from here:
 - :class:`Engine` — generation with a drafter (``spec.engine``);
 - drafters: :class:`NgramSimple`, :class:`NgramMapK`, :class:`NgramMapK4V`, :class:`NgramMod`,
   :class:`NgramCache`, :class:`SuffixTree`, :func:`llama_drafter` (llama.cpp's own), and
-  :class:`PythonDrafter`, the base of drafters written in Python;
+  :class:`PythonDrafter`, the base of drafters written in Python, and :class:`DrafterChain`
+  (stages tried in order, as the reference's chains of speculative types);
 - model-based sessions (:mod:`spec.sessions`): :class:`DraftModelSession`, :class:`MtpSession`,
   :class:`Eagle3Session`, :class:`DFlashSession`, configured by :class:`SessionConfig`;
 - :func:`simulate` — replay a token stream through a drafter without a model.
@@ -17,7 +18,7 @@ from spec._errors import (ClosedError, ContextError, ContextOverflowError, Decod
 from spec._core import Context, Model
 from spec.engine import Engine, Result, Stats, drafter_names, make_drafter
 from spec.models import ModelNotInstalledError
-from spec.ngram import (Drafter, NgramCache, NgramMapK, NgramMapK4V, NgramMod, NgramSimple,
+from spec.ngram import (Drafter, DrafterChain, NgramCache, NgramMapK, NgramMapK4V, NgramMod, NgramSimple,
                         PythonDrafter, SuffixTree)
 from spec._simulate import SimResult, simulate
 from spec._upstream import LlamaDrafter
@@ -39,7 +40,7 @@ def llama_drafter(type_name: str, **params) -> LlamaDrafter:
 
 __all__ = [
     "ClosedError", "Context", "ContextError", "ContextOverflowError", "DecodeAbortedError",
-    "DecodeError", "Drafter", "Engine", "EngineBusyError", "InvalidBatchError", "KVCacheFullError", "LlamaDrafter",
+    "DecodeError", "Drafter", "DrafterChain", "Engine", "EngineBusyError", "InvalidBatchError", "KVCacheFullError", "LlamaDrafter",
     "Model", "ModelLoadError", "ModelNotInstalledError", "NgramCache", "NgramMapK", "NgramMapK4V",
     "NgramMod", "NgramSimple", "NonFiniteLogitsError", "PythonDrafter", "RequestError", "Result", "SimResult", "SpecError", "Stats", "SuffixTree",
     "drafter_names", "llama_drafter", "make_drafter", "simulate",

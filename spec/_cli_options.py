@@ -16,6 +16,18 @@ def _n_draft(text: str):
     return value
 
 
+def _drafter(text: str) -> str:
+    """A drafter name, or comma-separated names for a chain (underscore spellings accepted)."""
+    from spec.engine import _canonical, drafter_names
+    names = [_canonical(n.strip()) for n in text.split(",")]
+    known = drafter_names()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown drafter(s) {', '.join(map(repr, unknown))}; "
+                                         f"known: {', '.join(known)}")
+    return ",".join(names)
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default",
                    help="'default' (Gemma-3-270M), 'smollm2', or a GGUF path")
@@ -28,8 +40,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:
     from spec.engine import drafter_names
-    p.add_argument("--drafter", default="none", choices=drafter_names(),
-                   help="drafting method (default: none = plain decoding)")
+    p.add_argument("--drafter", default="none", type=_drafter,
+                   help=f"drafting method (default: none = plain decoding): one of "
+                        f"{', '.join(drafter_names())}, or a chain of model-free ones tried in "
+                        f"order, e.g. suffix,ngram-mod")
     p.add_argument("--n-draft", type=_n_draft, default="auto", help="draft length or 'auto'")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")

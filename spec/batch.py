@@ -33,6 +33,7 @@ from pathlib import Path
 
 from spec._cli_options import add_generation_options, add_model_options
 from spec._core import MAX_SEQ
+from spec._counters import StepCounters, totals_line
 from spec._requests import PARAM_KEYS, check_params, fit, generate, is_int as _is_int
 
 #: Keys an input line may hold.
@@ -302,13 +303,10 @@ class Progress:
 
 
 @dataclass
-class Totals:
+class Totals(StepCounters):
     done: int = 0
     prompt_tokens: int = 0
     generated_tokens: int = 0
-    n_steps: int = 0
-    n_drafted: int = 0
-    n_accepted: int = 0
 
     def add(self, stats) -> None:
         self.done += 1
@@ -409,10 +407,8 @@ def run_batch(input_path, output_path, *, model="default", drafter="none", n_par
                            tok_s=totals.generated_tokens / wall if wall > 0 else 0.0,
                            n_steps=totals.n_steps, n_drafted=totals.n_drafted,
                            n_accepted=totals.n_accepted,
-                           accept_rate=(totals.n_accepted / totals.n_drafted
-                                        if totals.n_drafted else 0.0),
-                           mean_accept_len=((totals.n_accepted + totals.n_steps) / totals.n_steps
-                                            if totals.n_steps else 0.0))
+                           accept_rate=totals.accept_rate,
+                           mean_accept_len=totals.mean_accept_len)
         summary["exit_code"] = code
         return code, summary
 
@@ -521,10 +517,7 @@ def format_summary(s: dict) -> str:
     if s["exit_code"] == 2 and s["strict"]:
         lines.append("--strict: invalid input, nothing generated")
     else:
-        lines.append(f"generated {s['generated_tokens']} tokens in {s['wall_s']:.2f} s "
-                     f"({s['tok_s']:.1f} tok/s); drafted {s['n_drafted']}, accepted "
-                     f"{s['n_accepted']} ({100 * s['accept_rate']:.1f} %), "
-                     f"{s['mean_accept_len']:.2f} tok/step")
+        lines.append(totals_line(s))
     if s["error"]:
         lines.append(f"stopped: {s['error']} (finished requests are saved; re-run to resume)")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from typing import Iterator, Literal, Sequence as Seq
 import numpy as np
 
 from spec._core import MAX_SEQ, Context, Model, as_tokens
+from spec._counters import StepCounters
 from spec._engine import Loop, Sequence
 from spec._errors import ClosedError, ContextOverflowError, EngineBusyError, RequestError
 from spec._stops import StopScanner
@@ -157,10 +158,39 @@ def drafter_names() -> list[str]:
     return ["none", *DRAFTERS, *SESSION_DRAFTERS, *(LLAMA_PREFIX + n for n in DRAFTERS if n.startswith("ngram"))]
 
 
-def make_drafter(name: str, **params):
-    """A drafter by name: one of :func:`drafter_names` (``llama:<type>`` wraps llama.cpp's own)."""
+def _canonical(name: str) -> str:
+    """The reference's underscore spellings (``ngram_simple``, ``llama:ngram_map_k4v``) are
+    aliases of spec's names."""
+    prefix = LLAMA_PREFIX if name.startswith(LLAMA_PREFIX) else ""
+    return prefix + name[len(prefix):].replace("_", "-")
+
+
+def make_drafter(name, **params):
+    """A drafter by name: one of :func:`drafter_names` (``llama:<type>`` wraps llama.cpp's own),
+    or a chain of them: a list of names or one string of comma-separated names
+    (``"suffix,ngram-mod"``) builds a :class:`spec.DrafterChain` (``params`` then go to the
+    chain: ``n_min``, ``n_max``, per stage or for all)."""
+    if isinstance(name, str) and "," in name:
+        name = [n.strip() for n in name.split(",")]
+    if isinstance(name, (list, tuple)):
+        from spec.ngram._base import Drafter
+        from spec.ngram._chain import DrafterChain
+        stages, names = [], []
+        for n in name:
+            if isinstance(n, Drafter):
+                stages.append(n)
+                names.append(type(n).__name__)
+                continue
+            n = _canonical(n) if isinstance(n, str) else n
+            if n in ("none", *SESSION_DRAFTERS):
+                raise ValueError(f"a drafter chain holds model-free drafters; {n!r} cannot be "
+                                 f"a stage")
+            stages.append(make_drafter(n))
+            names.append(n)
+        return DrafterChain(stages, names=names, **params)
     if not isinstance(name, str):
         raise TypeError(f"drafter name must be a str, got {type(name).__name__}")
+    name = _canonical(name)
     if name == "none":
         return None
     if name.startswith(LLAMA_PREFIX):
@@ -180,15 +210,12 @@ def make_drafter(name: str, **params):
 
 
 @dataclass
-class Stats:
+class Stats(StepCounters):
     """Counters and timings of one generation. ``n_generated`` counts the output tokens; the
-    step counters count what the steps did, including tokens a final step accepted past a
-    stop string (which are not output)."""
+    step counters (``n_steps``, ``n_drafted``, ``n_accepted``) count what the steps did,
+    including tokens a final step accepted past a stop string (which are not output)."""
     n_prompt: int = 0
     n_generated: int = 0
-    n_steps: int = 0              # verify decodes
-    n_drafted: int = 0
-    n_accepted: int = 0
     accept_by_pos: list = field(default_factory=list)   # acceptance rate at draft position i
     accept_hist: list = field(default_factory=list)     # steps by number of accepted drafts
     prefill_s: float = 0.0
@@ -196,15 +223,6 @@ class Stats:
     verify_s: float = 0.0         # decode time of the verify batches
     sample_s: float = 0.0         # verification and sampling kernels
     decode_s: float = 0.0         # wall time after prefill
-
-    @property
-    def accept_rate(self) -> float:
-        return self.n_accepted / self.n_drafted if self.n_drafted else 0.0
-
-    @property
-    def mean_accept_len(self) -> float:
-        """Tokens emitted per verify step (accepted drafts + 1)."""
-        return (self.n_accepted + self.n_steps) / self.n_steps if self.n_steps else 0.0
 
     @property
     def decode_tok_s(self) -> float:
@@ -327,7 +345,7 @@ class Engine:
         session_params = dict(drafter_params or {})
         if session_kind is not None:
             self.drafter = None     # built below, once the target context exists
-        elif drafter is None or isinstance(drafter, str):
+        elif drafter is None or isinstance(drafter, (str, list, tuple)):
             self.drafter = make_drafter(drafter or "none", **(drafter_params or {}))
         else:
             from spec.ngram._base import Drafter
@@ -335,7 +353,8 @@ class Engine:
                 raise TypeError(f"drafter must be a name, a spec Drafter or None, got "
                                 f"{type(drafter).__name__}")
             self.drafter = drafter
-        self.drafter_name = drafter if isinstance(drafter, str) else type(drafter).__name__
+        self.drafter_name = (drafter if isinstance(drafter, str) else repr(self.drafter)
+                             if isinstance(drafter, (list, tuple)) else type(drafter).__name__)
         self._n_threads = n_threads
         self._n_ctx_given = n_ctx is not None
         self._session_kind = session_kind

@@ -39,6 +39,7 @@ except ImportError as e:                              # pragma: no cover - depen
     raise ImportError(f'spec.ray needs Ray Data: pip install "spec[ray]" ({e})') from None
 
 from spec._core import MAX_SEQ
+from spec._counters import StepCounters
 from spec._requests import PARAM_KEYS, check_params, fit, generate as _generate
 
 logger = logging.getLogger(__name__)
@@ -218,24 +219,13 @@ def generate(ds: "ray.data.Dataset", *, model="default", drafter="suffix", n_dra
 
 
 @dataclass
-class Summary:
+class Summary(StepCounters):
     """Totals of generated rows (see :func:`summarize`)."""
     rows: int = 0
     generated: int = 0
     errors: int = 0
     prompt_tokens: int = 0
     generated_tokens: int = 0
-    n_steps: int = 0
-    n_drafted: int = 0
-    n_accepted: int = 0
-
-    @property
-    def accept_rate(self) -> float:
-        return self.n_accepted / self.n_drafted if self.n_drafted else 0.0
-
-    @property
-    def mean_accept_len(self) -> float:
-        return (self.n_accepted + self.n_steps) / self.n_steps if self.n_steps else 0.0
 
 
 def summarize(table: pa.Table) -> Summary:

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from spec._counters import totals_line
+
 logger = logging.getLogger(__name__)
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -175,10 +177,7 @@ def format_summary(s: dict) -> str:
         lines.append(f"  id {row['id']!r}: {row['error']}")
     if s["errors"] > len(s["error_rows"]):
         lines.append(f"  ... ({s['errors'] - len(s['error_rows'])} more in the 'error' column)")
-    lines.append(f"generated {s['generated_tokens']} tokens in {s['wall_s']:.2f} s "
-                 f"({s['tok_s']:.1f} tok/s); drafted {s['n_drafted']}, accepted "
-                 f"{s['n_accepted']} ({100 * s['accept_rate']:.1f} %), "
-                 f"{s['mean_accept_len']:.2f} tok/step")
+    lines.append(totals_line(s))
     return "\n".join(lines)
 
 
