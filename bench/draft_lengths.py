@@ -132,7 +132,11 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--n-gen", type=int, default=128)
     ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--drafters", default="suffix,ngram-simple")
+    ap.add_argument("--drafters", default="suffix,ngram-simple",
+                    help="comma-separated; with ';' the separator is ';' and a name may be a "
+                         "chain (suffix;suffix,ngram-mod)")
+    ap.add_argument("--save", default="draft_lengths",
+                    help="results file name in bench/results (without .json)")
     ap.add_argument("--llama", action="store_true")
     ap.add_argument("--run", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -143,7 +147,7 @@ def main(argv=None) -> int:
     import spec
     from conftest import save
     table = cost_table()
-    drafters = args.drafters.split(",")
+    drafters = args.drafters.split(";" if ";" in args.drafters else ",")
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"after": ROOT}
@@ -189,7 +193,7 @@ def main(argv=None) -> int:
         print(f"\n{kind}: median (worst prompt)")
         for c in cols:
             print(f"  {c:28s} {summary[kind][c]['median']:.3f} ({summary[kind][c]['min']:.3f})")
-    save("draft_lengths", {"command": "python bench/draft_lengths.py " + " ".join(
+    save(args.save, {"command": "python bench/draft_lengths.py " + " ".join(
         argv if argv is not None else sys.argv[1:]), "before": args.before, "n_gen": args.n_gen,
         "n_prompts": args.prompts, "rounds": args.rounds, "n_max_oracle": N_MAX,
         "summary": summary, "per_prompt": rows})
