@@ -223,6 +223,10 @@ class Stats(StepCounters):
     verify_s: float = 0.0         # decode time of the verify batches
     sample_s: float = 0.0         # verification and sampling kernels
     decode_s: float = 0.0         # wall time after prefill
+    #: with a DrafterChain, per stage: its counters and times in this generation (the
+    #: reference's terms, see DrafterChain.stage_stats); empty otherwise and for batch requests,
+    #: whose stages serve every sequence at once (the chain keeps the job's totals)
+    stages: list = field(default_factory=list)
 
     @property
     def decode_tok_s(self) -> float:
@@ -245,6 +249,9 @@ class Stats(StepCounters):
             f"verify {self.verify_s * 1e3:.1f} ms | sample {self.sample_s * 1e3:.1f} ms",
             f"decode {self.decode_s:.3f} s, {self.decode_tok_s:.1f} tok/s",
         ]
+        if self.stages:
+            from spec.ngram._chain import format_stages
+            lines.append(format_stages(self.stages))
         if self.accept_by_pos:
             lines.append("acceptance by draft position: "
                          + " ".join(f"{100 * r:.0f}%" for r in self.accept_by_pos))
@@ -471,6 +478,10 @@ class Engine:
                         temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                         min_p=float(min_p), seed=int(seed) & 0xFFFFFFFFFFFFFFFF, trace=trace)
 
+    def _stage_stats(self):
+        from spec.ngram._chain import DrafterChain
+        return self.drafter.stage_stats() if isinstance(self.drafter, DrafterChain) else None
+
     def _stats(self, sq: Sequence, loop: Loop, decode_s: float) -> Stats:
         raw = sq.stats()
         timers = loop.timers
@@ -516,6 +527,7 @@ class Engine:
         sq = self._sequence(0, prompt, max_tokens, temperature, top_k, top_p, min_p, seed, trace)
         loop = self._loop(trace)
         loop.reset_timers()
+        stages_before = self._stage_stats()
         loop.start(sq)
         t0 = time.perf_counter()
         scanner = StopScanner(self.model.token_to_piece, stop)
@@ -534,8 +546,12 @@ class Engine:
             yield tail
         decode_s = time.perf_counter() - t0
         loop.end(sq)
-        yield Result(text=scanner.text, tokens=sq.tokens, stats=self._stats(sq, loop, decode_s),
-                     margins=sq.margins, finish_reason=_finish_reason(scanner, sq, max_tokens))
+        stats = self._stats(sq, loop, decode_s)
+        if stages_before is not None:
+            from spec.ngram._chain import stage_delta
+            stats.stages = stage_delta(self._stage_stats(), stages_before)
+        yield Result(text=scanner.text, tokens=sq.tokens, stats=stats, margins=sq.margins,
+                     finish_reason=_finish_reason(scanner, sq, max_tokens))
 
     # -- batches --
 

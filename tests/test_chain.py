@@ -99,6 +99,16 @@ def test_the_engine_runs_a_chain_losslessly(bigram_model, n_draft):
     assert stats[0]["n_call_draft"] >= stats[1]["n_call_draft"] > 0
     assert sum(s["n_acc_tokens"] for s in stats) > 0
     assert text.startswith("statistics ngram-simple: #calls(b,g,a) = 6 ")
+    # a generation's share of the stages' work, in its Result
+    per_gen = [r.stats.stages for r in single]
+    assert all([s["name"] for s in st] == ["ngram-simple", "suffix"] for st in per_gen)
+    assert all(st[0]["n_call_begin"] == 1 for st in per_gen)
+    for key in ("n_call_draft", "n_gen_tokens", "n_acc_tokens"):
+        assert sum(st[0][key] + st[1][key] for st in per_gen) <= sum(s[key] for s in stats)
+    assert sum(st[0]["n_acc_tokens"] + st[1]["n_acc_tokens"] for st in per_gen) == sum(
+        r.stats.n_accepted for r in single)
+    assert "statistics suffix: #calls(b,g,a) = 1 " in single[0].stats.format()
+    assert batch[0].stats.stages == []
 
 
 def test_names_aliases_simulate_and_the_command_line(tiny_model_path, stream, capsys):

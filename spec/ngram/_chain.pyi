@@ -5,6 +5,9 @@ from spec.ngram._base import Drafter
 
 STAT_KEYS: tuple[str, ...]
 
+def format_stages(stages: list[dict]) -> str: ...
+def stage_delta(after: list[dict], before: list[dict]) -> list[dict]: ...
+
 class DrafterChain(Drafter):
     stages: tuple[Drafter, ...]
     names: tuple[str, ...]

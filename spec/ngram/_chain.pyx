@@ -39,6 +39,23 @@ STAT_KEYS = ("n_call_begin", "n_call_draft", "n_call_accept", "n_gen_drafts", "n
              "n_gen_tokens", "n_acc_tokens")
 
 
+def format_stages(stages: list) -> str:
+    """Per-stage statistics (:meth:`DrafterChain.stage_stats`), one line per stage, in the
+    reference's terms."""
+    return "\n".join(
+        f"statistics {s['name']}: #calls(b,g,a) = {s['n_call_begin']} {s['n_call_draft']} "
+        f"{s['n_call_accept']}, #gen drafts = {s['n_gen_drafts']}, #acc drafts = "
+        f"{s['n_acc_drafts']}, #gen tokens = {s['n_gen_tokens']}, #acc tokens = "
+        f"{s['n_acc_tokens']}, dur(b,g,a) = {s['t_begin_ms']:.3f}, {s['t_draft_ms']:.3f}, "
+        f"{s['t_accept_ms']:.3f} ms" for s in stages)
+
+
+def stage_delta(after: list, before: list) -> list:
+    """Per-stage statistics accumulated between two :meth:`DrafterChain.stage_stats` calls."""
+    return [{k: (v if k == "name" else v - b[k]) for k, v in a.items()}
+            for a, b in zip(after, before)]
+
+
 def _per_stage(str name, value, int n):
     values = (value,) * n if isinstance(value, int) else tuple(value)
     if len(values) != n or any(isinstance(v, bool) or not isinstance(v, int) or v < 0
@@ -271,12 +288,7 @@ cdef class DrafterChain(Drafter):
 
     def format_stats(self) -> str:
         """The statistics, one line per stage, as the reference prints them."""
-        return "\n".join(
-            f"statistics {s['name']}: #calls(b,g,a) = {s['n_call_begin']} {s['n_call_draft']} "
-            f"{s['n_call_accept']}, #gen drafts = {s['n_gen_drafts']}, #acc drafts = "
-            f"{s['n_acc_drafts']}, #gen tokens = {s['n_gen_tokens']}, #acc tokens = "
-            f"{s['n_acc_tokens']}, dur(b,g,a) = {s['t_begin_ms']:.3f}, {s['t_draft_ms']:.3f}, "
-            f"{s['t_accept_ms']:.3f} ms" for s in self.stage_stats())
+        return format_stages(self.stage_stats())
 
     def print_stats(self):
         print(self.format_stats())
