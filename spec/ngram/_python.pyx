@@ -100,9 +100,10 @@ cdef class PythonDrafter(Drafter):
                              f"n_max={n_max}")
         if n == 0:
             return 0
-        if arr.min() < 0 or arr.max() > 0x7FFFFFFF:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 0x7FFFFFFF:
             raise ValueError(f"{type(self).__name__}.draft returned a token id outside "
-                             f"[0, 2**31): {int(arr.min()) if arr.min() < 0 else int(arr.max())}")
+                             f"[0, 2**31): {lo if lo < 0 else hi}")
         toks = np.ascontiguousarray(arr, dtype=np.int32)
         for i in range(n):
             out[i] = toks[i]
