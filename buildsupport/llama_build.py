@@ -1,4 +1,4 @@
-"""Fetch, verify and build the pinned llama.cpp as static libraries, cached outside the clone.
+"""Fetch, verify and build the pinned llama.cpp as shared libraries, cached outside the clone.
 
 Used by ``setup.py``; also runnable on its own (``python buildsupport/llama_build.py [targets]``)
 to build extra llama.cpp tools (``llama-completion``, ``llama-bench``...) in the same cached tree.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,16 +23,13 @@ PIN = json.loads((ROOT / "llama.cpp" / "pin.json").read_text())
 
 LIB_TARGETS = ("llama", "llama-common")
 
-# Static archives in link order (dependents first), relative to the build tree.
-STATIC_LIBS = (
-    "common/libllama-common.a",
-    "common/libllama-common-base.a",
-    "vendor/cpp-httplib/libcpp-httplib.a",
-    "src/libllama.a",
-    "ggml/src/libggml.a",
-    "ggml/src/libggml-cpu.a",
-    "ggml/src/libggml-base.a",
-)
+# The shared libraries every extension links, relative to the build tree's bin/ (CMake puts them
+# there; see CMAKE_LIBRARY_OUTPUT_DIRECTORY in llama.cpp's CMakeLists.txt). Each is found at run
+# time through its SONAME in the package's lib folder.
+SHARED_LIBS = ("libllama-common.so", "libllama.so", "libggml.so", "libggml-cpu.so",
+               "libggml-base.so")
+
+SANITIZERS = {"address": "ADDRESS", "undefined": "UNDEFINED", "thread": "THREAD"}
 
 
 def _log(msg: str) -> None:
@@ -49,11 +47,31 @@ def portable() -> bool:
     return os.environ.get("SPEC_PORTABLE", "0").lower() not in ("", "0", "false", "no")
 
 
+def sanitizers() -> list[str]:
+    """SPEC_SANITIZE=address,undefined: the sanitizers llama.cpp and the extensions are built with."""
+    names = [n.strip() for n in os.environ.get("SPEC_SANITIZE", "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in SANITIZERS]
+    if unknown:
+        raise RuntimeError(f"SPEC_SANITIZE: unknown sanitizer(s) {unknown}; "
+                           f"choose from {sorted(SANITIZERS)}")
+    return names
+
+
+def user_cmake_args() -> list[str]:
+    """CMAKE_ARGS (as llama-cpp-python reads it) and SPEC_CMAKE_ARGS, e.g. -DGGML_CUDA=on."""
+    return [*shlex.split(os.environ.get("CMAKE_ARGS", "")),
+            *shlex.split(os.environ.get("SPEC_CMAKE_ARGS", ""))]
+
+
 def cmake_flags() -> list[str]:
+    sanitize = sanitizers()
     return [
-        "-DCMAKE_BUILD_TYPE=Release",
-        "-DBUILD_SHARED_LIBS=OFF",
+        f"-DCMAKE_BUILD_TYPE={'RelWithDebInfo' if sanitize else 'Release'}",
+        "-DBUILD_SHARED_LIBS=ON",
         "-DCMAKE_POSITION_INDEPENDENT_CODE=ON",
+        # The libraries find each other through $ORIGIN, so they still load once copied into the
+        # package (a wheel, or a machine without this cache).
+        "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON",
         f"-DGGML_NATIVE={'OFF' if portable() else 'ON'}",
         "-DLLAMA_OPENSSL=OFF",
         "-DLLAMA_BUILD_TESTS=OFF",
@@ -61,6 +79,9 @@ def cmake_flags() -> list[str]:
         "-DLLAMA_BUILD_APP=OFF",
         "-DLLAMA_BUILD_EXAMPLES=ON",
         "-DLLAMA_BUILD_TOOLS=ON",
+        *(f"-D{lib}_SANITIZE_{SANITIZERS[n]}=ON" for n in sanitize for lib in ("LLAMA", "GGML")),
+        # Last, so that they win over the defaults above.
+        *user_cmake_args(),
     ]
 
 
@@ -130,8 +151,16 @@ class LlamaBuild:
         return [str(self.src / d) for d in ("include", "ggml/include", "common", "src")]
 
     @property
-    def static_libs(self) -> list[str]:
-        return [str(self.build / lib) for lib in STATIC_LIBS]
+    def lib_dir(self) -> Path:
+        return self.build / "bin"
+
+    @property
+    def shared_libs(self) -> list[Path]:
+        return [self.lib_dir / lib for lib in SHARED_LIBS]
+
+    def runtime_files(self) -> list[Path]:
+        """The files the loader opens: each library under its SONAME (e.g. libllama.so.0)."""
+        return sorted({p.resolve().parent / _soname(p) for p in self.shared_libs})
 
     def tool(self, name: str) -> Path:
         return self.build / "bin" / name
@@ -215,7 +244,18 @@ def _cached_generator(build: Path) -> str | None:
 
 
 def _libs_present(info: LlamaBuild) -> bool:
-    return all(Path(p).exists() for p in info.static_libs)
+    return all(p.exists() for p in info.shared_libs)
+
+
+def _soname(lib: Path) -> str:
+    """The SONAME recorded in a shared library (the name its dependents ask the loader for)."""
+    out = subprocess.run(["objdump", "-p", str(lib)], check=True, capture_output=True,
+                         text=True).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "SONAME":
+            return parts[1]
+    return lib.name
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ Context, so nothing is freed while something still points into it. ``close()`` i
 it makes the handle unusable at once and frees the C object as soon as nothing borrows it.
 """
 import functools
-import logging
 import os
 import threading
 
@@ -22,59 +21,12 @@ from spec._typedefs cimport LLAMA_MAX_SEQ, pos_t, seq_t, token_t
 from spec._verify cimport argmax
 from spec._errors import (ClosedError, ContextError, ContextOverflowError, EngineBusyError,
                           ModelLoadError, NonFiniteLogitsError, SpecError, decode_error)
+from spec._log import refresh_log_level
 from spec._modelfile import check_model_file
 
 cnp.import_array()
 
-# -- logging ------------------------------------------------------------------------------------
-
-llama_logger = logging.getLogger("spec.llama")
-if llama_logger.level == logging.NOTSET:
-    # llama.cpp warns about benign things on every load; quiet unless the user asks for more.
-    llama_logger.setLevel(logging.ERROR)
-
-# Messages below this ggml level are dropped in C without taking the GIL (refreshed from the
-# `spec.llama` logger's level whenever a model or context is created).
-cdef int _log_min_level = GGML_LOG_LEVEL_WARN
-cdef int _log_last_level = GGML_LOG_LEVEL_INFO
-
-_PY_LEVEL = {GGML_LOG_LEVEL_DEBUG: logging.DEBUG, GGML_LOG_LEVEL_INFO: logging.INFO,
-             GGML_LOG_LEVEL_WARN: logging.WARNING, GGML_LOG_LEVEL_ERROR: logging.ERROR}
-
-
-cdef void _log_callback(ggml_log_level level, const char* text, void* user_data) noexcept nogil:
-    global _log_last_level
-    cdef int lvl = level
-    if lvl == GGML_LOG_LEVEL_CONT:
-        lvl = _log_last_level
-    else:
-        _log_last_level = lvl
-    if lvl < _log_min_level or text == NULL:
-        return
-    with gil:
-        try:
-            msg = (<bytes> text).decode("utf-8", "replace").rstrip("\n")
-            if msg:
-                llama_logger.log(_PY_LEVEL.get(lvl, logging.INFO), "%s", msg)
-        except BaseException:
-            pass  # a log line must never raise into C
-
-
-def refresh_log_level():
-    """Re-read the ``spec.llama`` logger's level (call after changing it)."""
-    global _log_min_level
-    level = llama_logger.getEffectiveLevel()
-    if level <= logging.DEBUG:
-        _log_min_level = GGML_LOG_LEVEL_DEBUG
-    elif level <= logging.INFO:
-        _log_min_level = GGML_LOG_LEVEL_INFO
-    elif level <= logging.WARNING:
-        _log_min_level = GGML_LOG_LEVEL_WARN
-    else:
-        _log_min_level = GGML_LOG_LEVEL_ERROR
-
-
-llama_log_set(_log_callback, NULL)
+# llama.cpp's logs go to the `spec.llama` logger (spec._log installs the bridge on import).
 llama_backend_init()
 
 

@@ -12,9 +12,9 @@ but only while no sequence has begun: upstream keeps learned state across genera
 ngram-mod shares one table between all sequences), which a re-creation would silently drop. After
 the first ``begin``, reserving beyond ``capacity`` raises ValueError; pass ``n_seq`` up front.
 
-Logging: upstream logs through ``common_log``, which prints from a worker thread and has no
-callback to route it. This module sets its threshold so that nothing is printed;
-:func:`set_log_verbosity` turns it back on for debugging (e.g. ``LOG_LEVEL_DEBUG`` = 5).
+Logging: what upstream logs while a drafter is set up (e.g. a warning about its parameters)
+reaches the ``spec.llama`` logger through :func:`spec._log.upstream_log`; during drafting it is
+silent. :func:`set_log_verbosity` prints it to the console instead, for debugging.
 """
 cimport cython
 from libc.stdint cimport INT32_MAX, UINT32_MAX, int32_t, uint16_t, uint32_t
@@ -29,8 +29,8 @@ import numpy as np
 from spec._common_spec cimport (
     COMMON_SPECULATIVE_TYPE_NGRAM_CACHE, COMMON_SPECULATIVE_TYPE_NGRAM_MAP_K,
     COMMON_SPECULATIVE_TYPE_NGRAM_MAP_K4V, COMMON_SPECULATIVE_TYPE_NGRAM_MOD,
-    COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE, common_log_get_verbosity_thold,
-    common_log_set_verbosity_thold, common_params_speculative, common_params_speculative_ngram_map,
+    COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE, common_params_speculative,
+    common_params_speculative_ngram_map,
     common_speculative, common_speculative_accept, common_speculative_begin,
     common_speculative_draft, common_speculative_draft_params, common_speculative_free,
     common_speculative_get_draft_params, common_speculative_init, common_speculative_type,
@@ -39,9 +39,7 @@ from spec._common_spec cimport (
 from spec._typedefs cimport LLAMA_MAX_SEQ, token_t
 from spec.ngram._base cimport Drafter
 
-
-# Nothing from upstream's logger unless asked for (see the module docstring).
-common_log_set_verbosity_thold(-1)
+from spec._log import get_log_verbosity, set_log_verbosity, upstream_log
 
 # The model-free types, in upstream's chain priority order.
 SUPPORTED_TYPES = ("ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache")
@@ -56,19 +54,6 @@ cdef enum:
 cdef enum:
     MAX_SIZE_M = 32767
     MAX_U16 = 65535
-
-def set_log_verbosity(int verbosity):
-    """Print upstream ``common_log`` messages up to ``verbosity`` (-1: none, 2: warnings, 5: debug).
-
-    Affects only this module's copy of llama.cpp's common library. Not thread-safe upstream.
-    """
-    common_log_set_verbosity_thold(verbosity)
-
-
-def get_log_verbosity():
-    """The current upstream ``common_log`` verbosity threshold of this module (-1 = silent)."""
-    return common_log_get_verbosity_thold()
-
 
 def supported_types():
     """The llama.cpp speculative type names :class:`LlamaDrafter` accepts."""
@@ -272,7 +257,8 @@ cdef class LlamaDrafter(Drafter):
         """(Re-)create the upstream object for ``n_seq`` sequence ids; all learned state is dropped."""
         cdef common_speculative* spec = NULL
         try:
-            spec = common_speculative_init(self.cparams, <uint32_t> n_seq)
+            with upstream_log():
+                spec = common_speculative_init(self.cparams, <uint32_t> n_seq)
         except MemoryError:
             raise
         except Exception as e:

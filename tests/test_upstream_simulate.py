@@ -1,4 +1,5 @@
 """LlamaDrafter (llama.cpp's n-gram drafters) and the offline simulator."""
+import logging
 import math
 import time
 
@@ -418,6 +419,16 @@ def test_upstream_logs_are_silent_by_default(capfd):
     time.sleep(0.2)                       # upstream prints from a worker thread
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def test_upstream_warnings_reach_python_logging(caplog, capfd):
+    with caplog.at_level(logging.WARNING, logger="spec.llama"):
+        LlamaDrafter("ngram-mod", n_match=4)
+    warnings = [r for r in caplog.records if r.name == "spec.llama"]
+    assert any("n_match=4 is too small" in r.getMessage() and r.levelno == logging.WARNING
+               for r in warnings), [r.getMessage() for r in warnings]
+    out, err = capfd.readouterr()
+    assert "n_match" not in out + err            # routed, not printed
 
 
 def test_log_verbosity_can_be_raised(capfd):
