@@ -188,12 +188,14 @@ def locate() -> LlamaBuild:
 def ensure_built(targets: tuple[str, ...] = LIB_TARGETS) -> LlamaBuild:
     """Fetch and build what is missing; a warm cache returns in well under a second.
 
-    An exclusive lock on the cache serializes concurrent installs sharing it.
+    An exclusive lock per build tree serializes concurrent installs sharing it (the download and
+    the extraction are atomic renames, so builds with other flags proceed meanwhile).
     """
     import fcntl
 
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    with open(cache_dir() / ".lock", "w") as lock:
+    info = locate()
+    info.build.parent.mkdir(parents=True, exist_ok=True)
+    with open(info.build.parent / f".{info.build.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _ensure_built_locked(targets)
 
