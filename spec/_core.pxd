@@ -7,28 +7,24 @@ from libc.stdint cimport int64_t, uint8_t
 from libcpp.vector cimport vector
 
 from spec._common_spec cimport common_batch, common_speculative, llama_tokens
+from spec._handle cimport Handle
 from spec._llama cimport llama_batch, llama_context, llama_model, llama_vocab
 from spec._typedefs cimport pos_t, seq_t, token_t
 from spec.ngram._base cimport Drafter
 
 
-cdef class Model:
+cdef class Model(Handle):
     cdef llama_model* ptr
     cdef const llama_vocab* vocab
     cdef readonly str path
     cdef readonly int n_vocab
     cdef readonly bint vocab_only # loaded without weights: tokenizer only, no contexts
     cdef readonly bint load_mtp   # loaded with its MTP (NextN) heads
-    cdef bint closed              # close() was called; freed once no context uses it
-    cdef int n_contexts           # open contexts (and running nogil calls) borrowing this model
 
-    cdef int check_open(self) except -1
-    cdef int borrow(self) except -1   # check_open, then count one more borrower (see release)
     cdef int check_tokens(self, const token_t[::1] tokens, str name) except -1
-    cdef void release(self) noexcept
 
 
-cdef class Context:
+cdef class Context(Handle):
     cdef llama_context* ptr
     cdef readonly Model model
     cdef llama_batch batch        # reusable decode batch of capacity batch_capacity
@@ -38,8 +34,7 @@ cdef class Context:
     cdef readonly int n_seq_max
     cdef readonly int n_vocab
     cdef int n_outputs            # rows of logits produced by the last decode
-    cdef bint closed
-    cdef int n_views              # live numpy views over the logits buffer
+    cdef int n_views              # live numpy views over the logits buffer (it must not move)
     cdef int outputs_held         # rows of logits llama.cpp's output buffer holds (it grows)
     cdef object lock              # one thread at a time (see _one_thread_at_a_time)
     cdef object holder            # thread id of the engine generation holding it, or None
@@ -47,12 +42,9 @@ cdef class Context:
     cdef readonly str ctx_type    # "default" or "mtp"
     cdef readonly int n_rs_seq    # recurrent rollback depth llama.cpp granted (0: none)
     cdef readonly bint recurrent  # the model has recurrent layers (recurrent or hybrid memory)
-    cdef int n_sessions           # live sessions / contexts borrowing this one (defer release)
     cdef readonly Context ctx_other  # the context this one reads (EAGLE-3 / MTP draft contexts)
     cdef vector[vector[uint8_t]] ckpts  # per-sequence checkpoint (recurrent state before a verify)
 
-    cdef int check_open(self) except -1
-    cdef void release(self) noexcept
     cdef object nonfinite_error(self)   # NonFiniteLogitsError naming the model
 
     # Batch building: clear, add tokens, decode. The engine builds multi-sequence batches this way.
@@ -89,6 +81,9 @@ cdef class Session(Drafter):
     cdef int64_t n_calls, n_drafted, n_accepted, n_process
     cdef int64_t t_draft_us, t_process_us, t_accept_us
 
+    cdef bint closed              # close() was called (or it was collected)
+
+    cdef void free_session(self) noexcept
     cdef int _live(self) except -1
     cdef int _seq(self, seq_id) except -1
     cdef int after_decode(self) except -1 nogil

@@ -1,8 +1,8 @@
-"""Handle classes over llama.cpp: Model, Context, the log bridge and the plain generation loop.
+"""Handle classes over llama.cpp: Model, Context and the plain generation loop.
 
-Lifetimes: a Context holds a reference to its Model, and numpy views of the logits hold their
-Context, so nothing is freed while something still points into it. ``close()`` is idempotent:
-it makes the handle unusable at once and frees the C object as soon as nothing borrows it.
+Lifetimes follow :mod:`spec._handle`'s one rule: a Context borrows its Model (and a draft context
+the context it reads), numpy views of the logits borrow their Context; ``close()`` is idempotent,
+makes the handle unusable at once and frees the C object as soon as nothing borrows it.
 """
 import functools
 import os
@@ -109,8 +109,6 @@ cdef class Model:
     def __cinit__(self):
         self.ptr = NULL
         self.vocab = NULL
-        self.closed = False
-        self.n_contexts = 0
 
     def __init__(self, path, *, bint vocab_only=False, int n_gpu_layers=0, bint load_mtp=False):
         path = check_model_file(path)
@@ -133,42 +131,20 @@ cdef class Model:
         self.n_vocab = llama_vocab_n_tokens(self.vocab)
 
     def __dealloc__(self):
+        self.free()
+
+    cdef void free(self) noexcept:
         if self.ptr != NULL:
             llama_model_free(self.ptr)
             self.ptr = NULL
 
-    cdef int borrow(self) except -1:
-        # checked and counted with no Python code in between (where another thread could close)
-        self.check_open()
-        self.n_contexts += 1
-        return 0
-
-    cdef void release(self) noexcept:
-        self.n_contexts -= 1
-        if self.closed and self.n_contexts == 0 and self.ptr != NULL:
-            llama_model_free(self.ptr)
-            self.ptr = NULL
+    cdef str describe(self):
+        return f"model {self.path!r}"
 
     def close(self):
         """Release the model; it is freed once the last context (or running tokenize) using it
-        is done."""
-        if self.closed:
-            return
-        self.closed = True
-        if self.n_contexts == 0 and self.ptr != NULL:
-            llama_model_free(self.ptr)
-            self.ptr = NULL
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    cdef int check_open(self) except -1:
-        if self.closed:
-            raise ClosedError(f"model {self.path!r} is closed")
-        return 0
+        is done. Idempotent."""
+        Handle.close(self)
 
     cdef int check_tokens(self, const token_t[::1] tokens, str name) except -1:
         cdef Py_ssize_t i
@@ -180,10 +156,6 @@ cdef class Model:
         return 0
 
     # -- properties --
-
-    @property
-    def closed(self):
-        return self.closed
 
     @property
     def architecture(self):
@@ -308,7 +280,7 @@ cdef class Model:
         cdef const char* cdata = data
         cdef int32_t n_data = len(data)
         cdef int32_t n
-        self.borrow()       # a close() from another thread meanwhile must not free the vocabulary
+        self.lend()         # a close() from another thread meanwhile must not free the vocabulary
         try:
             with nogil:
                 n = llama_tokenize(self.vocab, cdata, n_data, <token_t*> out.data, n_max,
@@ -324,7 +296,7 @@ cdef class Model:
                 if n < 0:
                     raise SpecError("llama_tokenize failed")
         finally:
-            self.release()
+            self.give_back()
         return out[:n].copy()
 
     def token_to_piece(self, int token, bint special=False):
@@ -378,8 +350,7 @@ cdef class _LogitsView:
     def __dealloc__(self):
         if self.ctx is not None:
             self.ctx.n_views -= 1
-            if self.ctx.closed and self.ctx.n_views == 0:
-                self.ctx.release()
+            self.ctx.give_back()
 
 
 #: The most sequences one context decodes together (llama.cpp's LLAMA_MAX_SEQ).
@@ -423,11 +394,9 @@ cdef class Context:
 
     def __cinit__(self):
         self.ptr = NULL
-        self.closed = False
         self.n_views = 0
         self.batch_capacity = 0
         self.n_outputs = 0
-        self.n_sessions = 0
         self.lock = threading.RLock()
         self.holder = None
 
@@ -482,16 +451,16 @@ cdef class Context:
         params.embeddings = embeddings
         if ctx_other is not None:
             ctx_other.check_open()
-        model.borrow()      # from here on a close() in another thread defers the free
+        model.lend()        # from here on a close() in another thread defers the free
         if ctx_other is not None:
-            ctx_other.n_sessions += 1
+            ctx_other.lend()
             params.ctx_other = ctx_other.ptr
         with nogil:
             self.ptr = llama_init_from_model(model.ptr, params)
         if self.ptr == NULL:
-            model.release()
+            model.give_back()
             if ctx_other is not None:
-                ctx_other.n_sessions -= 1
+                ctx_other.give_back()
             raise ContextError(f"llama.cpp could not create a context (n_ctx={n_ctx}, "
                                f"n_batch={n_batch}); see the 'spec.llama' log")
         self.model = model
@@ -512,9 +481,9 @@ cdef class Context:
         self.ckpts.resize(self.n_seq_max)
 
     def __dealloc__(self):
-        self.release()
+        self.free()
 
-    cdef void release(self) noexcept:
+    cdef void free(self) noexcept:
         if self.ptr != NULL:
             llama_free(self.ptr)
             self.ptr = NULL
@@ -522,27 +491,18 @@ cdef class Context:
                 llama_batch_free(self.batch)
                 self.batch_capacity = 0
             if self.model is not None:
-                self.model.release()
+                self.model.give_back()
             if self.ctx_other is not None:
-                self.ctx_other.n_sessions -= 1
-                if self.ctx_other.closed and self.ctx_other.n_sessions == 0 and \
-                        self.ctx_other.n_views == 0:
-                    self.ctx_other.release()
+                self.ctx_other.give_back()
+
+    cdef str describe(self):
+        return "context"
 
     @_one_thread_at_a_time
     def close(self):
-        """Release the context; it is freed once no logits view points into it."""
-        if self.closed:
-            return
-        self.closed = True
-        if self.n_views == 0 and self.n_sessions == 0:
-            self.release()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        """Release the context; it is freed once no logits view or session points into it.
+        Idempotent."""
+        Handle.close(self)
 
     def _hold(self, thread_id):
         """Reserve the context for the engine generation running in ``thread_id`` (None: free
@@ -557,10 +517,6 @@ cdef class Context:
         if self.closed or self.ptr == NULL:
             raise ClosedError("context is closed")
         return 0
-
-    @property
-    def closed(self):
-        return self.closed
 
     @property
     def n_threads(self):
@@ -677,6 +633,7 @@ cdef class Context:
             return np.empty((0, self.n_vocab), dtype=np.float32)
         arr = cnp.PyArray_SimpleNewFromData(2, shape, cnp.NPY_FLOAT32, data)
         owner = _LogitsView()
+        self.lend()
         owner.ctx = self
         self.n_views += 1
         cnp.set_array_base(arr, owner)

@@ -576,13 +576,13 @@ cdef class Loop:
             s.policy.alpha = self.job_alpha
         s.prefill_s = 0
         if interleave and self.session is None and s.n_prompt > 0 and not s.done:
-            ctx.check_open()
+            self.check_open()
             ctx.seq_rm(s.seq, -1, -1)
             s.n_past = 0
             s.prefilling = True
             return
         with ctx.lock:
-            ctx.check_open()
+            self.check_open()
             with nogil:
                 ctx.seq_rm(s.seq, -1, -1)
                 t0 = llama_time_us()
@@ -603,6 +603,13 @@ cdef class Loop:
                     self.drafter.begin_seq(s.seq, s.tokens, s.n_prompt)
         s.prefill_s = (t1 - t0) * 1e-6
 
+    cdef int check_open(self) except -1:
+        """Before going nogil (under the context's lock, which Session.close takes too)."""
+        self.ctx.check_open()
+        if self.session is not None:
+            self.session._live()
+        return 0
+
     def run(self, list sequences, int max_steps=-1, bint until_one_done=False):
         """Run steps until every sequence is done, or max_steps steps ran, or (with
         until_one_done) a sequence finished; returns the number of steps run."""
@@ -618,7 +625,7 @@ cdef class Loop:
         cdef token_t* out_buf = <token_t*> cnp.PyArray_DATA(self.out_arr)
         cdef float* margin_buf = <float*> cnp.PyArray_DATA(self.margin_arr)
         with self.ctx.lock:
-            self.ctx.check_open()
+            self.check_open()
             with nogil:
                 while max_steps < 0 or steps < max_steps:
                     n_active = 0

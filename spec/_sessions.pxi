@@ -96,10 +96,10 @@ cdef class Session(Drafter):
         self.kind = self.KIND
         self._config = config
         self.cfg_n_seq = config.n_seq
+        target_ctx.lend()               # checked and counted together: see spec._handle
         self.target_ctx = target_ctx
+        draft_ctx.lend()
         self.draft_ctx = draft_ctx
-        target_ctx.n_sessions += 1
-        draft_ctx.n_sessions += 1
         self.prompts.resize(config.n_seq)
         self.pos0.assign(config.n_seq, -1)
         self.reserve_seqs(config.n_seq)
@@ -108,20 +108,47 @@ cdef class Session(Drafter):
         pass
 
     def __dealloc__(self):
+        self.free_session()
+
+    cdef void free_session(self) noexcept:
+        # Idempotent: frees llama.cpp's object, then gives back the contexts (spec._handle).
         if self.spec != NULL:
             common_speculative_free(self.spec)
             self.spec = NULL
         if self.mirror != NULL:
             del self.mirror
             self.mirror = NULL
-        for ctx in (self.target_ctx, self.draft_ctx):
-            if ctx is not None:
-                (<Context> ctx).n_sessions -= 1
-                if (<Context> ctx).closed and (<Context> ctx).n_sessions == 0 and \
-                        (<Context> ctx).n_views == 0:
-                    (<Context> ctx).release()
+        if not self.closed:
+            self.closed = True
+            if self.target_ctx is not None:
+                self.target_ctx.give_back()
+            if self.draft_ctx is not None:
+                self.draft_ctx.give_back()
+
+    def close(self):
+        """Free the session now and give back its two contexts (which a close() of theirs was
+        waiting for). Idempotent; drafting afterwards raises ClosedError. Waits for an engine
+        step running in another thread (it holds the target context's lock)."""
+        if self.target_ctx is None:
+            self.free_session()
+            return
+        with self.target_ctx.lock:
+            self.free_session()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def closed(self):
+        """True once :meth:`close` was called."""
+        return self.closed
 
     cdef int _live(self) except -1:
+        if self.closed:
+            raise ClosedError(f"{type(self).__name__} is closed")
         if self.spec == NULL:
             raise SessionInitError("session was not initialized")
         self.target_ctx.check_open()
