@@ -22,7 +22,7 @@ from spec.ngram import (Drafter, DrafterChain, NgramCache, NgramMapK, NgramMapK4
                         PythonDrafter, SuffixTree)
 from spec._simulate import SimResult, simulate
 from spec._upstream import LlamaDrafter
-from spec.sessions import (BadSeqIdError, DFlashSession, DraftModelSession, Eagle3Session,
+from spec.sessions import (Batch, BadSeqIdError, DFlashSession, DraftModelSession, Eagle3Session,
                            InvalidConfigError, MtpSession, Session, SessionConfig,
                            SessionInitError, SessionProcessError)
 
@@ -44,6 +44,6 @@ __all__ = [
     "Model", "ModelLoadError", "ModelNotInstalledError", "NgramCache", "NgramMapK", "NgramMapK4V",
     "NgramMod", "NgramSimple", "NonFiniteLogitsError", "PythonDrafter", "RequestError", "Result", "SimResult", "SpecError", "Stats", "SuffixTree",
     "drafter_names", "llama_drafter", "make_drafter", "simulate",
-    "BadSeqIdError", "DFlashSession", "DraftModelSession", "Eagle3Session", "InvalidConfigError",
+    "Batch", "BadSeqIdError", "DFlashSession", "DraftModelSession", "Eagle3Session", "InvalidConfigError",
     "MtpSession", "Session", "SessionConfig", "SessionInitError", "SessionProcessError",
 ]
