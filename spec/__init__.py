@@ -9,7 +9,8 @@ Research code imports everything from here:
   :class:`PythonDrafter`, the base of drafters written in Python, and :class:`DrafterChain`
   (stages tried in order, as the reference's chains of speculative types);
 - model-based sessions (:mod:`spec.sessions`): :class:`DraftModelSession`, :class:`MtpSession`,
-  :class:`Eagle3Session`, :class:`DFlashSession`, configured by :class:`SessionConfig`;
+  :class:`Eagle3Session`, :class:`DFlashSession`, configured by :class:`SessionConfig`, fed
+  the :class:`Batch` each target decode took;
 - :func:`simulate` — replay a token stream through a drafter without a model.
 """
 from spec._errors import (ClosedError, ContextError, ContextOverflowError, DecodeAbortedError,

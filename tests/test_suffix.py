@@ -127,7 +127,11 @@ params = st.fixed_dictionaries({
     "max_depth": st.integers(1, 10),
     "max_spec_factor": st.sampled_from([0.0, 0.5, 1.0, 1.5, 3.0]),
     "max_spec_offset": st.sampled_from([-1.0, 0.0, 0.5, 2.0]),
-    "min_token_prob": st.sampled_from([0.0, 0.1, 0.3, 0.5, 1.0]),
+    # decimal thresholds (ratios equal to them are common), and ones that stand for no small
+    # fraction: the nearest double above 1/10, 1/3 as rounded, an arbitrary value, a tiny one
+    "min_token_prob": st.sampled_from([0.0, 0.1, 0.3, 0.5, 1.0, 0.2, 0.25,
+                                       float(np.nextafter(0.1, 1.0)), 1 / 3, 0.123456789,
+                                       1e-12]),
 })
 
 
