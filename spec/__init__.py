@@ -9,7 +9,8 @@ Research code imports everything from here:
   :class:`PythonDrafter`, the base of drafters written in Python, and :class:`DrafterChain`
   (stages tried in order, as the reference's chains of speculative types);
 - model-based sessions (:mod:`spec.sessions`): :class:`DraftModelSession`, :class:`MtpSession`,
-  :class:`Eagle3Session`, :class:`DFlashSession`, configured by :class:`SessionConfig`;
+  :class:`Eagle3Session`, :class:`DFlashSession`, configured by :class:`SessionConfig`, fed
+  the :class:`Batch` each target decode took;
 - :func:`simulate` — replay a token stream through a drafter without a model.
 """
 from spec._errors import (ClosedError, ContextError, ContextOverflowError, DecodeAbortedError,
@@ -22,7 +23,7 @@ from spec.ngram import (Drafter, DrafterChain, NgramCache, NgramMapK, NgramMapK4
                         PythonDrafter, SuffixTree)
 from spec._simulate import SimResult, simulate
 from spec._upstream import LlamaDrafter
-from spec.sessions import (BadSeqIdError, DFlashSession, DraftModelSession, Eagle3Session,
+from spec.sessions import (Batch, BadSeqIdError, DFlashSession, DraftModelSession, Eagle3Session,
                            InvalidConfigError, MtpSession, Session, SessionConfig,
                            SessionInitError, SessionProcessError)
 
@@ -44,6 +45,6 @@ __all__ = [
     "Model", "ModelLoadError", "ModelNotInstalledError", "NgramCache", "NgramMapK", "NgramMapK4V",
     "NgramMod", "NgramSimple", "NonFiniteLogitsError", "PythonDrafter", "RequestError", "Result", "SimResult", "SpecError", "Stats", "SuffixTree",
     "drafter_names", "llama_drafter", "make_drafter", "simulate",
-    "BadSeqIdError", "DFlashSession", "DraftModelSession", "Eagle3Session", "InvalidConfigError",
+    "Batch", "BadSeqIdError", "DFlashSession", "DraftModelSession", "Eagle3Session", "InvalidConfigError",
     "MtpSession", "Session", "SessionConfig", "SessionInitError", "SessionProcessError",
 ]

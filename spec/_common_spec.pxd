@@ -94,6 +94,12 @@ cdef extern from "log.h" nogil:
     # void common_log_set_verbosity_thold(int verbosity); // not thread-safe
     void common_log_set_verbosity_thold(int verbosity)
 
+    cdef cppclass common_log
+    # struct common_log * common_log_main(); // singleton (its worker thread prints to stdout/stderr)
+    common_log* common_log_main()
+    # void common_log_flush(struct common_log * log); // flush all pending log messages
+    void common_log_flush(common_log* log)
+
 
 cdef extern from "speculative.h" nogil:
     cdef cppclass common_speculative

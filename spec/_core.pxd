@@ -79,6 +79,10 @@ cdef class Session(Drafter):
     cdef vector[pos_t] pos0       # per sequence: n_past of the last draft (-1: none)
     cdef llama_tokens result
     cdef int64_t n_calls, n_drafted, n_accepted, n_process
+    # what common_speculative_init turned on in the target context (the type's requirement)
+    cdef bint req_embd            # post-norm embeddings (llama_set_embeddings)
+    cdef bint req_embd_nextn      # pre-norm / nextn hidden states (llama_set_embeddings_nextn)
+    cdef tuple req_layers         # layers whose input is extracted (llama_set_embeddings_layer_inp)
     cdef int64_t t_draft_us, t_process_us, t_accept_us
 
     cdef bint closed              # close() was called (or it was collected)
@@ -87,3 +91,4 @@ cdef class Session(Drafter):
     cdef int _live(self) except -1
     cdef int _seq(self, seq_id) except -1
     cdef int after_decode(self) except -1 nogil
+    cdef int _check_batch(self, object batch) except -1

@@ -21,6 +21,7 @@ from spec._typedefs cimport LLAMA_MAX_SEQ, pos_t, seq_t, token_t
 from spec._verify cimport argmax
 from spec._errors import (ClosedError, ContextError, ContextOverflowError, EngineBusyError,
                           ModelLoadError, NonFiniteLogitsError, SpecError, decode_error)
+from spec._batch import Batch
 from spec._log import refresh_log_level
 from spec._modelfile import check_model_file
 
@@ -595,7 +596,16 @@ cdef class Context:
         """Decode ``tokens`` for ``seq_id`` starting at position ``pos`` (default: after the
         sequence's last position). Afterwards :meth:`logits` holds one row per output position:
         every position if ``all_logits``, else the last one.
+
+        ``tokens`` may be a :class:`spec.Batch`, which carries the other arguments (pass none
+        of them then): ``ctx.decode(batch); session.process(batch)`` as in the reference.
         """
+        if isinstance(tokens, Batch):
+            if pos != -1 or seq_id != 0 or all_logits:
+                raise TypeError("decode(batch) takes pos, seq_id and all_logits from the Batch; "
+                                "pass them to Batch(...) instead")
+            pos, seq_id, all_logits = tokens.pos, tokens.seq_id, tokens.all_logits
+            tokens = tokens.tokens
         self.check_open()
         self._check_seq(seq_id)
         cdef const token_t[::1] toks = _as_tokens(tokens, "tokens")

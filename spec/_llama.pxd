@@ -171,6 +171,10 @@ cdef extern from "llama.h" nogil:
     int32_t llama_decode(llama_context* ctx, llama_batch batch)
 
     void llama_set_n_threads(llama_context* ctx, int32_t n_threads, int32_t n_threads_batch)
+
+    # Post-norm embeddings output on/off (a session reads the flag back, see _sessions.pxi).
+    # LLAMA_API void llama_set_embeddings(struct llama_context * ctx, bool embeddings);
+    void llama_set_embeddings(llama_context* ctx, bint embeddings)
     int32_t llama_n_threads(llama_context* ctx)
 
     void llama_set_abort_callback(llama_context* ctx, ggml_abort_callback abort_callback,

@@ -30,6 +30,7 @@ cdef extern from "log.h" nogil:
     enum log_colors:
         LOG_COLORS_DISABLED
     int LOG_LEVEL_DEBUG
+    int LOG_LEVEL_TRACE
     int LOG_LEVEL_INFO
     int LOG_LEVEL_WARN
     int LOG_LEVEL_ERROR
@@ -119,27 +120,26 @@ def _verbosity_for(int level):
 
 
 @contextlib.contextmanager
-def upstream_log():
-    """Log what llama.cpp's common library prints during the block to ``spec.llama``.
+def captured_upstream(int verbosity):
+    """Collect what llama.cpp's common library prints during the block, up to ``verbosity``
+    (``LOG_LEVEL_*``): yields a list that holds the text, one item, once the block ends.
 
-    Output other threads write to stdout/stderr during the block is logged too; keep blocks
-    short (spec uses it around drafter set-up and statistics).
+    The process's stdout and stderr go to a temporary file meanwhile (common_log has no
+    callback), so output other threads write then is collected too: keep blocks short.
     """
-    verbosity = _verbosity_for(llama_logger.getEffectiveLevel())
-    if verbosity < 0 or _forced_verbosity is not None:
-        yield
-        return
+    collected = []
     with _capture_lock, tempfile.TemporaryFile() as sink:
         sys.stdout.flush()
         sys.stderr.flush()
         saved = os.dup(1), os.dup(2)
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
+        previous = common_log_get_verbosity_thold()
         common_log_set_verbosity_thold(verbosity)
         try:
-            yield
+            yield collected
         finally:
-            common_log_set_verbosity_thold(-1)
+            common_log_set_verbosity_thold(previous)
             with nogil:
                 common_log_flush(common_log_main())   # the worker has written everything
             sys.stdout.flush()
@@ -149,7 +149,26 @@ def upstream_log():
             os.close(saved[0])
             os.close(saved[1])
             sink.seek(0)
-            _log_lines(sink.read().decode("utf-8", "replace"))
+            collected.append(sink.read().decode("utf-8", "replace"))
+
+
+@contextlib.contextmanager
+def upstream_log():
+    """Log what llama.cpp's common library prints during the block to ``spec.llama``, each
+    message at its level (see :func:`captured_upstream`)."""
+    verbosity = _verbosity_for(llama_logger.getEffectiveLevel())
+    if verbosity < 0 or _forced_verbosity is not None:
+        yield
+        return
+    with captured_upstream(verbosity) as text:
+        yield
+    _log_lines(text[0])
+
+
+def strip_levels(str text):
+    """common_log's output without its level letters."""
+    return "\n".join(line[2:] if line[:2] in _PREFIX_LEVEL else line
+                     for line in text.splitlines() if line.strip())
 
 
 def _log_lines(str text):

@@ -11,11 +11,39 @@ from spec._common_spec cimport (
     common_params_speculative, common_speculative_accept, common_speculative_begin,
     common_speculative_draft, common_speculative_draft_params, common_speculative_free,
     common_speculative_get_draft_params, common_speculative_init, common_speculative_print_stats,
-    common_speculative_process, common_speculative_type)
-from libc.stdint cimport uint16_t
+    common_speculative_process, common_speculative_type, LOG_LEVEL_TRACE)
+from libc.stdint cimport uint16_t, uint32_t
 
+from spec._batch import Batch
 from spec._errors import (BadSeqIdError, InvalidConfigError, SessionInitError,
                           SessionProcessError)
+from spec._log import captured_upstream, strip_levels, upstream_log
+
+
+cdef extern from "_llama_ctx_flags.h" nogil:
+    # Getters over llama_context's cparams (spec/_llama_ctx_flags.h; llama.h has none).
+    bint spec_ctx_embeddings(const llama_context* ctx)
+    bint spec_ctx_embeddings_nextn(const llama_context* ctx)
+    bint spec_ctx_embeddings_nextn_masked(const llama_context* ctx)
+    int spec_ctx_n_layer_inp(const llama_context* ctx)
+    bint spec_ctx_layer_inp(const llama_context* ctx, int il)
+
+    # llama-ext.h (the staging API common/speculative.cpp uses; the helper header includes it):
+    # LLAMA_API void llama_set_embeddings_nextn(struct llama_context * ctx, bool value, bool masked);
+    void llama_set_embeddings_nextn(llama_context* ctx, bint value, bint masked)
+    # LLAMA_API void llama_set_embeddings_layer_inp(struct llama_context * ctx, uint32_t lid, bool value);
+    void llama_set_embeddings_layer_inp(llama_context* ctx, uint32_t lid, bint value)
+
+
+def _ctx_extraction(Context ctx):
+    """What ``ctx`` extracts besides logits (a test helper): post-norm embeddings, nextn
+    (pre-norm) rows and whether those are masked, and the layers whose input is extracted."""
+    ctx.check_open()
+    cdef const llama_context* c = ctx.ptr
+    return {"embeddings": spec_ctx_embeddings(c), "nextn": spec_ctx_embeddings_nextn(c),
+            "nextn_masked": spec_ctx_embeddings_nextn_masked(c),
+            "layers": tuple(il for il in range(spec_ctx_n_layer_inp(c))
+                            if spec_ctx_layer_inp(c, il))}
 
 
 cdef str _model_arch(Model model):
@@ -85,11 +113,42 @@ cdef class Session(Drafter):
         params.draft.backend_sampling = False
         params.draft.ctx_tgt = target_ctx.ptr
         params.draft.ctx_dft = draft_ctx.ptr
-        try:
-            self.spec = common_speculative_init(params, config.n_seq)
-            self.mirror = new common_batch(target_ctx.ptr)
-        except Exception as e:
-            raise SessionInitError(f"{type(self).__name__}: llama.cpp refused the session: {e}") from e
+        # What the type needs from the target context is what its constructor turns on there
+        # (llama_set_embeddings*, common/speculative.cpp): start from nothing extracted, read
+        # the flags after init, then give back what the context had as well.
+        cdef llama_context* tctx = target_ctx.ptr
+        cdef int il, n_lay = spec_ctx_n_layer_inp(tctx)
+        cdef bint e0 = spec_ctx_embeddings(tctx), n0 = spec_ctx_embeddings_nextn(tctx)
+        cdef bint m0 = spec_ctx_embeddings_nextn_masked(tctx), e1 = False, n1 = False, m1 = False
+        with target_ctx.lock:
+            layers0 = [il for il in range(n_lay) if spec_ctx_layer_inp(tctx, il)]
+            llama_set_embeddings(tctx, False)
+            llama_set_embeddings_nextn(tctx, False, m0)
+            for il in layers0:
+                llama_set_embeddings_layer_inp(tctx, <uint32_t> il, False)
+            try:
+                with upstream_log():
+                    self.spec = common_speculative_init(params, config.n_seq)
+                self.mirror = new common_batch(target_ctx.ptr)
+            except Exception as e:
+                raise SessionInitError(
+                    f"{type(self).__name__}: llama.cpp refused the session: {e}") from e
+            finally:
+                e1 = spec_ctx_embeddings(tctx)
+                n1 = spec_ctx_embeddings_nextn(tctx)
+                m1 = spec_ctx_embeddings_nextn_masked(tctx)
+                layers1 = [il for il in range(n_lay) if spec_ctx_layer_inp(tctx, il)]
+                llama_set_embeddings(tctx, e0 or e1)
+                if n1:      # all rows (unmasked) if either side wants them
+                    llama_set_embeddings_nextn(tctx, True, m1 and (m0 or not n0))
+                else:
+                    llama_set_embeddings_nextn(tctx, n0, m0)
+                for il in layers0:
+                    if il not in layers1:
+                        llama_set_embeddings_layer_inp(tctx, <uint32_t> il, True)
+        self.req_embd = e1
+        self.req_embd_nextn = n1
+        self.req_layers = tuple(layers1)
         if self.spec == NULL:
             raise SessionInitError(f"{type(self).__name__}: llama.cpp created no speculative "
                                    f"implementation (see the 'spec.llama' log)")
@@ -181,12 +240,29 @@ cdef class Session(Drafter):
         return self._config.p_min
 
     def need_embd(self):
-        """Whether the type reads hidden states of the target context (set up by the session)."""
-        return self.kind != COMMON_SPECULATIVE_TYPE_DRAFT_SIMPLE
+        """Whether the speculative type needs post-norm embeddings of the target context
+        (``llama_set_embeddings``).
+
+        Read from the target context: what llama.cpp's ``common_speculative_init`` turned on
+        there for this session (the session sets it up; callers rarely need this). False for
+        MTP, as in the reference; with the pinned llama.cpp no type asks for them.
+        """
+        return bool(self.req_embd)
 
     def need_embd_pre_norm(self):
-        """Whether the type reads pre-norm hidden states (MTP: the NextN input rows)."""
-        return self.kind == COMMON_SPECULATIVE_TYPE_DRAFT_MTP
+        """Whether the speculative type needs the target's pre-norm hidden states (the rows
+        before the final norm; llama.cpp calls them "nextn" embeddings,
+        ``llama_set_embeddings_nextn``).
+
+        Read from the target context like :meth:`need_embd`: true for MTP (the NextN head's
+        input), for an EAGLE-3 draft that reads the target's last layer, false otherwise.
+        """
+        return bool(self.req_embd_nextn)
+
+    def need_embd_layers(self):
+        """The target layers whose input hidden states the type extracts
+        (``llama_set_embeddings_layer_inp``): EAGLE-3 and DFlash read some; a tuple of ints."""
+        return self.req_layers if self.req_layers is not None else ()
 
     # -- C level (the engine) ----------------------------------------------------------------
 
@@ -272,7 +348,11 @@ cdef class Session(Drafter):
     # -- Python level ------------------------------------------------------------------------
 
     def begin(self, seq_id, prompt_tokens=()):
-        """Start a generation of ``seq_id`` whose target context holds ``prompt_tokens``."""
+        """Start a generation of ``seq_id`` whose target context holds ``prompt_tokens``.
+
+        Optional, as in the reference: the model types follow the target through
+        :meth:`process`, and a sequence not begun starts at its first :meth:`draft`.
+        """
         cdef const token_t[::1] toks
         cdef int seq
         with self.target_ctx.lock, self.draft_ctx.lock:
@@ -285,18 +365,61 @@ cdef class Session(Drafter):
             self.begin_seq(seq, &toks[0] if toks.shape[0] else NULL, toks.shape[0])
 
     def process(self, batch=None):
-        """Feed the target context's last decode (``Context.decode``, ≤ n_batch tokens) to the
-        session; call it after EVERY target decode. ``batch`` must be None (the target
-        context's own batch is used)."""
+        """Hand the session the batch just decoded on the target context; call it after EVERY
+        target decode (prefill and verify), as the reference's ``process(&batch)``.
+
+        ``batch`` is what was passed to ``target_ctx.decode``: a :class:`spec.Batch` or the
+        token array. It must be that context's last decode (ValueError otherwise), and at most
+        ``n_batch`` tokens: a longer decode is split, and only its last part's hidden states
+        are still there to read. ``None`` (the default) takes the last decode as it is.
+        SessionProcessError if llama.cpp fails to process it (draft context full?).
+        """
         with self.target_ctx.lock, self.draft_ctx.lock:
             self.check_free()
             self._live()
-            if batch is not None:
-                raise TypeError("process() reads the target context's last batch; pass no argument")
             if self.target_ctx.batch.n_tokens == 0:
                 raise SessionProcessError("the target context has decoded nothing yet")
+            if batch is not None:
+                self._check_batch(batch)
             with nogil:
                 self.after_decode()
+
+    cdef int _check_batch(self, object batch) except -1:
+        """ValueError unless ``batch`` is the target context's last decoded batch."""
+        cdef llama_batch* b = &self.target_ctx.batch
+        cdef const token_t[::1] toks
+        cdef Py_ssize_t i, n
+        cdef int seq = -1
+        cdef int pos = -1
+        if isinstance(batch, Batch):
+            toks = batch.tokens
+            seq = batch.seq_id
+            pos = batch.pos
+        elif isinstance(batch, (str, bytes, dict)):
+            raise TypeError(f"batch must be a spec.Batch or the decoded token array, got "
+                            f"{type(batch).__name__}")
+        else:
+            toks = _as_tokens(batch, "batch")
+        n = toks.shape[0]
+        if n > b.n_tokens:
+            raise ValueError(
+                f"the batch has {n} tokens but the target context's last decode took "
+                f"{b.n_tokens}: decodes longer than n_batch={self.target_ctx.batch_capacity} "
+                f"are split and only the last part's hidden states remain; decode at most "
+                f"n_batch tokens per call and process() after each")
+        if n < b.n_tokens:
+            raise ValueError(f"the batch has {n} tokens but the target context's last decode "
+                             f"took {b.n_tokens}: pass the batch that was just decoded")
+        for i in range(n):
+            if toks[i] != b.token[i] or (seq >= 0 and b.seq_id[i][0] != seq):
+                raise ValueError(
+                    f"the batch is not the target context's last decode (token {i}: "
+                    f"{toks[i]} for seq_id {seq if seq >= 0 else '?'}, decoded "
+                    f"{b.token[i]} for seq_id {b.seq_id[i][0]}): pass the batch just decoded")
+        if pos >= 0 and b.pos[0] != pos:
+            raise ValueError(f"the batch starts at position {pos} but the target context's last "
+                             f"decode started at {b.pos[0]}")
+        return 0
 
     def draft(self, seq_id, int n_past, int id_last):
         """Draft up to n_draft_max tokens after ``id_last`` at position ``n_past`` (tokens in
@@ -310,7 +433,12 @@ cdef class Session(Drafter):
             self._live()
             self._seq(seq_id)
             if not self.begun[seq_id]:
-                raise SessionProcessError(f"draft() before begin() for seq_id {seq_id}")
+                # begin() is optional, as in the reference: the model types follow the target
+                # through process(); the sequence starts with no prompt recorded.
+                self.begun[seq_id] = 1
+                self.last_draft[seq_id] = 0
+                self.prompts[seq_id].clear()
+                self.pos0[seq_id] = -1
             if n_past < 0 or n_past >= self.target_ctx.n_ctx:
                 raise ValueError(f"n_past must be in [0, n_ctx={self.target_ctx.n_ctx}), got {n_past}")
             if id_last < 0 or id_last >= self.target_ctx.n_vocab:
@@ -322,23 +450,33 @@ cdef class Session(Drafter):
             ov = out
             seq = seq_id
             with nogil:
-                n = self._draft(seq, p.data(), n_past, id_last, ov.shape[0], &ov[0])
+                n = self.draft_seq(seq, p.data(), n_past, id_last, ov.shape[0], &ov[0])
             return out[:n].copy()
 
     def accept(self, seq_id, int n_accepted):
-        """Report how many of ``seq_id``'s last draft the target accepted."""
+        """Report how many of ``seq_id``'s last draft the target accepted (0: none).
+
+        Once per draft. SessionProcessError before any draft of ``seq_id`` (or when its last
+        draft was already accepted); ValueError if ``n_accepted`` is negative or longer than
+        that draft (llama.cpp would abort on an accept it cannot attribute to a draft).
+        """
         cdef int seq
         with self.target_ctx.lock, self.draft_ctx.lock:
             self.check_free()
             self._live()
             self._seq(seq_id)
             if self.pos0[seq_id] < 0:
-                raise SessionProcessError(f"accept() before draft() for seq_id {seq_id}")
-            if n_accepted < 0 or n_accepted > self._config.n_draft_max:
-                raise ValueError(f"n_accepted must be in [0, {self._config.n_draft_max}], got {n_accepted}")
+                raise SessionProcessError(
+                    f"accept() for seq_id {seq_id} without a draft to accept (no draft() since "
+                    f"begin, or the last draft was already accepted)")
+            if n_accepted < 0 or n_accepted > self.last_draft[seq_id]:
+                raise ValueError(
+                    f"n_accepted must be in [0, {self.last_draft[seq_id]}] (the length of "
+                    f"seq_id {seq_id}'s last draft), got {n_accepted}")
             seq = seq_id
             with nogil:
-                self._accept(seq, n_accepted)
+                self.accept_seq(seq, n_accepted)
+            self.pos0[seq] = -1
 
     def stats(self):
         """Counters and timings of this session (draft calls, drafted and accepted tokens)."""
@@ -349,19 +487,32 @@ cdef class Session(Drafter):
                 "t_accept_s": self.t_accept_us * 1e-6}
 
     def print_stats(self):
-        """Print the stats, then llama.cpp's own (to its log)."""
+        """Print spec's counters, then llama.cpp's own statistics, as the reference's
+        ``print_stats`` (``common_speculative_print_stats``: calls to begin / draft / accept,
+        drafts and tokens generated and accepted, acceptance rate per draft position).
+
+        Both go to ``sys.stdout``: llama.cpp's common library prints its part at trace level
+        through ``common_log``, which has no callback, so it is collected from the process's
+        output (:func:`spec._log.captured_upstream`) and printed here.
+        """
         s = self.stats()
         print(f"{type(self).__name__}: {s['calls']} drafts, {s['drafted']} drafted, "
               f"{s['accepted']} accepted ({100 * s['accept_rate']:.1f} %), "
-              f"draft {s['t_draft_s'] * 1e3:.1f} ms, process {s['t_process_s'] * 1e3:.1f} ms")
+              f"draft {s['t_draft_s'] * 1e3:.1f} ms, process {s['t_process_s'] * 1e3:.1f} ms",
+              flush=True)
         if self.spec != NULL:
-            common_speculative_print_stats(self.spec)
+            with captured_upstream(LOG_LEVEL_TRACE) as text:
+                common_speculative_print_stats(self.spec)
+            upstream = strip_levels(text[0])
+            if upstream:
+                print(upstream, flush=True)
 
     def reset(self):
         """Forget every sequence (begin again before drafting)."""
         cdef int i
         for i in range(self.n_seq):
             self.begun[i] = 0
+            self.last_draft[i] = 0
         for i in range(self.cfg_n_seq):
             self.pos0[i] = -1
 

@@ -5,23 +5,34 @@ the target's own multi-token-prediction head (``MtpSession``), an EAGLE-3 draft
 (``Eagle3Session``) or a DFlash draft (``DFlashSession``). It holds both contexts (and so their
 models) alive; a context closed under a live session is released only when the session goes.
 
-Protocol per sequence, as llama.cpp's ``examples/speculative-simple`` drives it::
+Protocol per sequence, as the reference (llama-cpp-4's ``MtpSession``) and llama.cpp's
+``examples/speculative-simple`` drive it::
 
-    target_ctx.decode(prompt); session.process()        # after EVERY target decode
-    session.begin(seq_id, prompt)
+    batch = Batch(prompt); target_ctx.decode(batch); session.process(batch)
+    session.begin(seq_id, prompt)                       # optional
     loop: draft = session.draft(seq_id, n_past, id_last)
-          target_ctx.decode([id_last, *draft], all_logits=True); session.process()
-          verify, then session.accept(seq_id, n_accepted)
+          batch = Batch([id_last, *draft], pos=n_past, all_logits=True)
+          target_ctx.decode(batch); session.process(batch)    # after EVERY target decode
+          verify, then session.accept(seq_id, n_accepted)     # once per draft
 
-``process()`` reads the target context's last decoded batch (one call of ``Context.decode`` with
-at most ``n_batch`` tokens). :class:`spec.Engine` does all of this with ``drafter="draft"``,
-``"mtp"``, ``"eagle3"`` or ``"dflash"``.
+``process(batch)`` checks that ``batch`` is the target context's last decode (a decode longer
+than ``n_batch`` is split, and only its last part can be processed: decode at most ``n_batch``
+tokens per call); ``process()`` takes that last decode as it is. ``begin`` only records the
+prompt: without it a sequence starts at its first ``draft``. ``accept`` refuses more tokens than
+the last draft had, and an accept without a draft (llama.cpp would abort).
+``need_embd()`` / ``need_embd_pre_norm()`` / ``need_embd_layers()`` report what llama.cpp turned
+on in the target context for the session's type (MTP: pre-norm hidden states only).
+:class:`spec.Engine` does all of this with ``drafter="draft"``, ``"mtp"``, ``"eagle3"`` or
+``"dflash"``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+from dataclasses import replace
+
+from spec._batch import Batch
 from spec._errors import BadSeqIdError, InvalidConfigError, SessionInitError, SessionProcessError
 
 
@@ -34,6 +45,9 @@ class SessionConfig:
     n_draft_max : longest draft.
     n_min : drafts shorter than this are dropped (0 ≤ n_min ≤ n_draft_max).
     p_min : drafting stops when the draft's top-1 probability falls below it (in [0, 1]).
+
+    Frozen; :meth:`with_n_min` / :meth:`with_p_min` return validated copies, as the
+    reference's builders: ``SessionConfig(1, 3).with_p_min(0.1)``.
     """
     n_seq: int
     n_draft_max: int
@@ -61,10 +75,23 @@ class SessionConfig:
         if not (0.0 <= self.p_min <= 1.0) or math.isnan(self.p_min):
             raise InvalidConfigError(f"p_min must be in [0, 1], got {self.p_min}")
 
+    def with_n_min(self, n_min: int) -> SessionConfig:
+        """A copy with ``n_min`` set (drafts shorter than it are dropped), validated like the
+        constructor (InvalidConfigError); as the reference's ``with_n_min``. Chains::
+
+            SessionConfig(1, 4).with_n_min(2).with_p_min(0.1)
+        """
+        return replace(self, n_min=n_min)
+
+    def with_p_min(self, p_min: float) -> SessionConfig:
+        """A copy with ``p_min`` set (drafting stops below this top-1 probability), validated
+        like the constructor (InvalidConfigError); as the reference's ``with_p_min``."""
+        return replace(self, p_min=p_min)
+
 
 from spec._core import (DFlashSession, DraftModelSession, Eagle3Session,  # noqa: E402
                         MtpSession, Session)
 
-__all__ = ["SessionConfig", "Session", "DraftModelSession", "MtpSession", "Eagle3Session",
+__all__ = ["Batch", "SessionConfig", "Session", "DraftModelSession", "MtpSession", "Eagle3Session",
            "DFlashSession", "SessionInitError", "SessionProcessError", "BadSeqIdError",
            "InvalidConfigError"]

@@ -10,7 +10,11 @@ reproduced here), so only its init checks are tested.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,10 +133,8 @@ def test_draft_model_session_by_hand(pair):
     ct, cd = Context(mt, n_ctx=256), Context(md, n_ctx=256)
     s = DraftModelSession.from_config(ct, cd, SessionConfig(1, 4))
     assert (s.n_seq, s.n_draft_max, s.n_min, s.p_min) == (1, 4, 0, 0.0)
-    assert not s.need_embd() and not s.need_embd_pre_norm()
+    assert not s.need_embd() and not s.need_embd_pre_norm() and s.need_embd_layers() == ()
     prompt = mt.tokenize(PROMPT)
-    with pytest.raises(SessionProcessError):
-        s.draft(0, len(prompt), 1)              # before begin
     ct.decode(prompt)
     s.process()
     s.begin(0, prompt)
@@ -164,8 +166,8 @@ def test_draft_model_session_by_hand(pair):
             s.draft(bad, n_past, id_last)
         with pytest.raises(BadSeqIdError):
             s.begin(bad, prompt)
-    with pytest.raises(TypeError):
-        s.process([1, 2, 3])
+    with pytest.raises(ValueError, match="last decode"):
+        s.process([1, 2, 3])                    # not the batch just decoded
     del s
     gc.collect()
 
@@ -237,7 +239,8 @@ def test_mtp_engine(mtp_path, plain_mtp, n_rs_seq):
     with Engine(mtp_path, drafter="mtp", n_draft=3, n_ctx=256,
                 drafter_params={"n_rs_seq": n_rs_seq}) as e:
         assert e.ctx.recurrent and e.ctx.n_rs_seq == n_rs_seq
-        assert e.drafter.need_embd() and e.drafter.need_embd_pre_norm()
+        # as the reference's table: pre-norm (nextn) hidden states, no post-norm embeddings
+        assert not e.drafter.need_embd() and e.drafter.need_embd_pre_norm()
         r = e.generate(PROMPT, max_tokens=40)
         st = e.drafter.stats()
     assert_lossless(plain_mtp, r)
@@ -311,7 +314,8 @@ def test_eagle3_engine(eagle3_pair):
         plain = e.generate(PROMPT, max_tokens=24, trace=True)
     with Engine(tgt, drafter="eagle3", n_draft=3, n_ctx=256,
                 drafter_params={"draft_model": dft}) as e:
-        assert e.drafter.need_embd() and not e.drafter.need_embd_pre_norm()
+        assert not e.drafter.need_embd() and not e.drafter.need_embd_pre_norm()
+        assert e.drafter.need_embd_layers() == (0, 1, 2)    # the draft's eagle3.target_layers
         assert e.draft_ctx.ctx_other is e.ctx
         r = e.generate(PROMPT, max_tokens=24)
         st = e.drafter.stats()
@@ -332,6 +336,269 @@ def test_eagle3_and_dflash_refuse_other_models(eagle3_pair, pair):
         spec.DFlashSession(ct, not_eagle, 1, 3)
     with pytest.raises(ValueError, match="draft_model"):
         Engine(tgt, drafter="dflash", n_ctx=128)
+
+
+# -- the reference's session contracts ---------------------------------------------------------
+# From the reference (llama-cpp-4's MtpSession / Eagle3Session, ../shared/reference/seeds): after
+# every target decode, process(&batch) with the batch just decoded; draft; verify; accept(seq, n).
+# begin() is optional; need_embd / need_embd_pre_norm report what the backend asked of the target
+# context (MTP: false / true); the config has with_n_min / with_p_min builders.
+
+def _greedy_argmax(ctx):
+    return int(np.argmax(ctx.logits()[-1]))
+
+
+def test_config_builders():
+    c = SessionConfig(1, 4)
+    c2 = c.with_n_min(2)
+    assert (c.n_min, c2.n_min, c2.n_seq, c2.n_draft_max, c2.p_min) == (0, 2, 1, 4, 0.0)
+    c3 = c2.with_p_min(0.1)
+    assert (c3.n_min, c3.p_min) == (2, 0.1) and c2.p_min == 0.0     # new configs, old unchanged
+    assert SessionConfig(1, 4).with_p_min(0.1).with_n_min(2) == c3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c3.n_min = 1
+    for bad in (5, -1, 1.5, True, None, "2"):
+        with pytest.raises(InvalidConfigError):
+            c.with_n_min(bad)
+    for bad in (-0.1, 1.5, float("nan"), True, None, "0.1"):
+        with pytest.raises(InvalidConfigError):
+            c.with_p_min(bad)
+
+
+def test_need_embd_comes_from_the_backend(pair, mtp_path, eagle3_pair, tmp_path, vocab_path):
+    from spec._core import _ctx_extraction
+    # draft-simple asks nothing of the target; a target that already extracts keeps doing so
+    ct = Context(Model(pair[0]), n_ctx=128, embeddings=True)
+    s = DraftModelSession(ct, Context(Model(pair[1]), n_ctx=128), 1, 4)
+    assert (s.need_embd(), s.need_embd_pre_norm(), s.need_embd_layers()) == (False, False, ())
+    assert _ctx_extraction(ct)["embeddings"]
+    # MTP: the reference's table, need_embd false and need_embd_pre_norm true
+    m = Model(mtp_path, load_mtp=True)
+    ct = Context(m, n_ctx=128)
+    s = MtpSession(ct, Context(m, n_ctx=128, ctx_type="mtp"), 1, 3)
+    assert (s.need_embd(), s.need_embd_pre_norm(), s.need_embd_layers()) == (False, True, ())
+    assert _ctx_extraction(ct)["nextn"] and not _ctx_extraction(ct)["nextn_masked"]
+    # EAGLE-3: the input of each target layer it reads; the target's last layer (4 = n_layer)
+    # is read as the pre-norm hidden state instead
+    tgt, _ = eagle3_pair
+    reads_last = spec.testing.make_tiny_eagle3(tmp_path / "e3last.gguf", n_embd_target=64,
+                                              vocab=vocab_path("llama-spm"),
+                                              target_layers=(1, 2, 4))
+    for path, layers, pre_norm in [(eagle3_pair[1], (0, 1, 2), False),
+                                   (reads_last, (1, 2), True)]:
+        ct = Context(Model(tgt), n_ctx=128)
+        s = spec.Eagle3Session(ct, Context(Model(path), n_ctx=128, ctx_other=ct), 1, 3)
+        assert (s.need_embd(), s.need_embd_pre_norm(), s.need_embd_layers()) == \
+            (False, pre_norm, layers)
+        assert _ctx_extraction(ct)["layers"] == layers
+
+
+def test_begin_is_optional_and_process_takes_the_batch(pair):
+    """The reference's loop, without begin(): decode(batch); process(batch); draft; verify;
+    accept. Lossless, with drafts accepted."""
+    tgt, dft = pair
+    mt = Model(tgt)
+    ct, cd = Context(mt, n_ctx=256), Context(Model(dft), n_ctx=256)
+    s = DraftModelSession.from_config(ct, cd, SessionConfig(1, 4).with_n_min(1))
+    assert (s.n_min, s.p_min) == (1, 0.0)
+    prompt = mt.tokenize(PROMPT)
+    batch = spec.Batch(prompt)
+    ct.decode(batch)
+    s.process(batch)
+    id_last = _greedy_argmax(ct)
+    n_past, out = len(prompt), [id_last]
+    while len(out) < 32:
+        d = s.draft(0, n_past, id_last)
+        batch = spec.Batch(np.r_[id_last, d], pos=n_past, all_logits=True)
+        ct.decode(batch)
+        s.process(batch)
+        am = ct.logits().argmax(1)
+        n = 0
+        while n < len(d) and am[n] == d[n]:
+            n += 1
+        s.accept(0, n)
+        out += [int(t) for t in d[:n]] + [int(am[n])]
+        n_past += 1 + n
+        ct.kv_remove(0, n_past, -1)
+        id_last = out[-1]
+    ref, _, _ = ct.generate_greedy(prompt, 32, stop_at_eog=False)
+    assert out[:32] == ref.tolist()
+    st = s.stats()
+    assert st["accepted"] > 0 and st["calls"] > 0
+
+
+def test_mtp_without_begin(mtp_path):
+    """MTP driven as the reference's quick start: process() after every target decode, then
+    draft(); no begin(). Drafts are made (never verified here: the hybrid target advances one
+    token at a time, accept(seq, 0) each step)."""
+    m = Model(mtp_path, load_mtp=True)
+    prompt = m.tokenize(PROMPT)
+    ref, _, _ = Context(m, n_ctx=256).generate_greedy(prompt, 8, stop_at_eog=False)
+    ct = Context(m, n_ctx=256)
+    s = MtpSession(ct, Context(m, n_ctx=256, ctx_type="mtp"), 1, 3)
+    batch = spec.Batch(prompt)
+    ct.decode(batch)
+    s.process(batch)
+    n_past, out, drafted = len(prompt), [_greedy_argmax(ct)], 0
+    while len(out) < 8:
+        d = s.draft(0, n_past, out[-1])
+        assert d.dtype == np.int32 and len(d) <= 3
+        drafted += len(d)
+        s.accept(0, 0)
+        batch = spec.Batch([out[-1]], pos=n_past)
+        ct.decode(batch)
+        s.process(batch)
+        n_past += 1
+        out.append(_greedy_argmax(ct))
+    assert drafted > 0
+    assert out == ref.tolist()
+
+
+def test_process_refuses_another_batch(pair):
+    mt = Model(pair[0])
+    ct, cd = Context(mt, n_ctx=256, n_batch=16), Context(Model(pair[1]), n_ctx=256)
+    s = DraftModelSession(ct, cd, 1, 4)
+    with pytest.raises(SessionProcessError, match="decoded nothing"):
+        s.process()
+    toks = np.resize(mt.tokenize(PROMPT), 40).astype(np.int32)
+    p10 = toks[:10]
+    ct.decode(spec.Batch(p10))
+    for ok in (spec.Batch(p10), spec.Batch(p10, pos=0, seq_id=0), p10, p10.tolist(), None):
+        s.process(ok)
+    for bad, what in [(spec.Batch(p10, pos=3), "position"), (spec.Batch(p10[:-1]), "took 10"),
+                      (spec.Batch(p10[::-1]), "not the target"),
+                      (spec.Batch(p10, seq_id=1), "seq_id"), (toks[:11], "took 10"),
+                      (3.5, "1-D")]:
+        with pytest.raises(ValueError, match=what):
+            s.process(bad)
+    for bad in ("abc", b"abc", {"tokens": p10}):
+        with pytest.raises(TypeError):
+            s.process(bad)
+    with pytest.raises(TypeError, match="from the Batch"):
+        ct.decode(spec.Batch(p10), pos=0)
+    # A decode longer than n_batch is split: only its last part can be processed.
+    ct.kv_clear()
+    ct.decode(toks)
+    with pytest.raises(ValueError, match="n_batch=16"):
+        s.process(toks)
+    ct.kv_clear()
+    for i in range(0, len(toks), 16):           # the reference's way: decode, process, ...
+        chunk = spec.Batch(toks[i:i + 16], pos=i)
+        ct.decode(chunk)
+        s.process(chunk)
+    assert cd.kv_pos_max(0) == len(toks) - 1
+
+
+@pytest.mark.parametrize("kwargs, exc", [
+    (dict(tokens=[]), ValueError), (dict(tokens="abc"), TypeError),
+    (dict(tokens=[1, -2]), ValueError), (dict(tokens=[[1, 2]]), ValueError),
+    (dict(tokens=[1.5]), TypeError), (dict(tokens=[2**31]), ValueError),
+    (dict(tokens=[1], pos=-2), ValueError), (dict(tokens=[1], pos=1.0), TypeError),
+    (dict(tokens=[1], seq_id=True), TypeError), (dict(tokens=[1], seq_id=-1), ValueError),
+    (dict(tokens=[1], all_logits=1), TypeError),
+])
+def test_batch_rejects(kwargs, exc):
+    with pytest.raises(exc):
+        spec.Batch(**kwargs)
+
+
+def test_batch_is_a_frozen_copy():
+    src = np.array([5, 6, 7], dtype=np.int64)
+    b = spec.Batch(src, pos=np.int64(4))
+    src[0] = 9
+    assert b.tokens.tolist() == [5, 6, 7] and b.tokens.dtype == np.int32 and b.pos == 4
+    assert len(b) == 3 and not b.tokens.flags.writeable
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        b.pos = 0
+
+
+def test_accept_is_checked_against_the_last_draft(pair):
+    mt = Model(pair[0])
+    ct, cd = Context(mt, n_ctx=256), Context(Model(pair[1]), n_ctx=256)
+    s = DraftModelSession(ct, cd, 1, 4)
+    prompt = mt.tokenize(PROMPT)
+    ct.decode(prompt)
+    s.process()
+    for n in (0, 1):
+        with pytest.raises(SessionProcessError, match="without a draft"):
+            s.accept(0, n)                      # before any draft
+    d = s.draft(0, len(prompt), _greedy_argmax(ct))
+    assert len(d) > 0
+    for n in (len(d) + 1, 4 + 1, -1):
+        with pytest.raises(ValueError, match="last draft"):
+            s.accept(0, n)
+    with pytest.raises(BadSeqIdError):
+        s.accept(1, 0)
+    s.accept(0, len(d))
+    with pytest.raises(SessionProcessError, match="already accepted"):
+        s.accept(0, 0)                          # once per draft
+
+
+def test_print_stats_prints_llama_cpp_statistics(pair, capfd):
+    """spec's counters, then llama.cpp's own statistics line for the type (which its common_log
+    writes to file descriptor 2: collected and printed to stdout), with the same counts."""
+    import re
+    mt = Model(pair[0])
+    ct, cd = Context(mt, n_ctx=256), Context(Model(pair[1]), n_ctx=256)
+    s = DraftModelSession(ct, cd, 1, 4)
+    prompt = mt.tokenize(PROMPT)
+    ct.decode(prompt)
+    s.process()
+    s.begin(0, prompt)
+    id_last, n_past = _greedy_argmax(ct), len(prompt)
+    for _ in range(4):
+        d = s.draft(0, n_past, id_last)
+        ct.decode(np.r_[id_last, d].astype(np.int32), pos=n_past, all_logits=True)
+        s.process()
+        am = ct.logits().argmax(1)
+        n = 0
+        while n < len(d) and am[n] == d[n]:
+            n += 1
+        s.accept(0, n)
+        n_past += 1 + n
+        ct.kv_remove(0, n_past, -1)
+        id_last = int(am[n])
+    capfd.readouterr()
+    s.print_stats()
+    out, err = capfd.readouterr()
+    st = s.stats()
+    assert f"DraftModelSession: {st['calls']} drafts, {st['drafted']} drafted" in out
+    lines = [ln for ln in out.splitlines() if "statistics" in ln and "draft-simple" in ln]
+    assert len(lines) == 1, out + err
+    assert "statistics" not in err
+    m = re.search(r"#calls\(b,g,a\) =\s*(\d+)\s+(\d+)\s+(\d+).*#gen tokens =\s*(\d+), "
+                  r"#acc tokens =\s*(\d+)", lines[0])
+    assert m, lines[0]
+    assert tuple(int(x) for x in m.groups()) == (1, 4, 4, st["drafted"], st["accepted"])
+
+
+ACCEPT_AFTER_EMPTY_DRAFT = """
+import sys
+from spec import Context, DraftModelSession, Model, SessionConfig
+ct, cd = Context(Model(sys.argv[1]), n_ctx=128), Context(Model(sys.argv[2]), n_ctx=128)
+s = DraftModelSession.from_config(ct, cd, SessionConfig(1, 4).with_p_min(1.0))
+p = ct.model.tokenize("The quick brown fox")
+ct.decode(p)
+s.process()
+d = s.draft(0, len(p), 5)
+assert len(d) == 0, d               # p_min = 1: nothing is confident enough
+try:
+    s.accept(0, 1)                  # upstream: GGML_ASSERT(n_accepted == 0), the process aborts
+except ValueError as e:
+    print("refused:", e)
+s.accept(0, 0)
+print("alive")
+"""
+
+
+def test_accept_after_an_empty_draft_cannot_abort(pair):
+    """llama.cpp asserts when a sequence whose drafts were all empty accepts tokens; the session
+    refuses first (run in a child process, which an abort would kill)."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", ACCEPT_AFTER_EMPTY_DRAFT, str(pair[0]),
+                        str(pair[1])], cwd=root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "refused: n_accepted must be in [0, 0]" in r.stdout and "alive" in r.stdout
 
 
 # -- CLI -----------------------------------------------------------------------------------------

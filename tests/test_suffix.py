@@ -5,6 +5,7 @@ trees, compression, active nodes or eviction bookkeeping.
 """
 import math
 from collections import Counter, deque
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -31,6 +32,14 @@ def substring_table(seqs, depth):
     return occ, nxt
 
 
+def threshold(min_prob):
+    """The documented rule ``path probability >= min_token_prob`` in exact rationals: a value
+    that is the double nearest a fraction with a denominator below 2**31 stands for it (0.1 is
+    1/10); any other is the real number it is."""
+    frac = Fraction(min_prob).limit_denominator(2**31 - 1)
+    return frac if float(frac) == min_prob else Fraction(min_prob)
+
+
 def ref_tree_draft(seqs, pattern, n_max, depth, factor, offset, min_prob):
     """Best (draft, score) over every match length, ties to the longer match."""
     occ, nxt = substring_table(seqs, depth)
@@ -40,17 +49,17 @@ def ref_tree_draft(seqs, pattern, n_max, depth, factor, offset, min_prob):
         if occ[w] == 0:
             break
         cap = min(n_max, max(0, math.floor(k * factor + offset + 1e-6)))
-        draft, score, prob, cur = [], 0.0, 1.0, w
+        draft, score, prob, cur = [], 0.0, Fraction(1), w
         while len(draft) < cap and len(cur) < depth:
             cont = nxt.get(cur)
             if not cont:
                 break
             tok = min(cont, key=lambda t: (-cont[t], t))
-            prob *= cont[tok] / occ[cur]
-            if prob < min_prob:
+            prob *= Fraction(cont[tok], occ[cur])
+            if prob < threshold(min_prob):
                 break
             draft.append(tok)
-            score += prob
+            score += float(prob)
             cur = cur + (tok,)
         if draft and score >= best_score:
             best, best_score = draft, score
@@ -118,7 +127,11 @@ params = st.fixed_dictionaries({
     "max_depth": st.integers(1, 10),
     "max_spec_factor": st.sampled_from([0.0, 0.5, 1.0, 1.5, 3.0]),
     "max_spec_offset": st.sampled_from([-1.0, 0.0, 0.5, 2.0]),
-    "min_token_prob": st.sampled_from([0.0, 0.1, 0.3, 0.5, 1.0]),
+    # decimal thresholds (ratios equal to them are common), and ones that stand for no small
+    # fraction: the nearest double above 1/10, 1/3 as rounded, an arbitrary value, a tiny one
+    "min_token_prob": st.sampled_from([0.0, 0.1, 0.3, 0.5, 1.0, 0.2, 0.25,
+                                       float(np.nextafter(0.1, 1.0)), 1 / 3, 0.123456789,
+                                       1e-12]),
 })
 
 
@@ -421,6 +434,69 @@ def test_draft_tree_branches():
     roots = sorted(int(t) for t, p in zip(tokens, parents) if p == -1)
     assert roots == [1, 2, 3]
     assert probs[0] == pytest.approx(3 / 6)
+
+
+# -- the probability threshold at equality -------------------------------------------------------
+
+def threshold_stream(n_zero, n_one):
+    """A history where "0" occurs ``n_zero`` times, followed by 1 in ``n_one`` of them, and each
+    "0 1" by a different token (200, 201, ...): the path 0 -> 1 -> 200 has probability
+    (n_one / n_zero) * (1 / n_one) = 1 / n_zero, then continues with a separator (1000)."""
+    h = []
+    for i in range(n_zero):
+        h += [0, 1, 200 + i] if i < n_one else [0, 2 + i]
+        h.append(1000 + i)
+    return h
+
+
+# (n_one, n_zero): the product of the two rounded quotients is 0.0999..., below 1 / n_zero.
+EXACT_CASES = [(3, 10), (6, 10), (7, 10), (9, 10), (3, 5), (7, 13), (3, 20), (19, 20), (21, 23)]
+
+
+@pytest.mark.parametrize("n_one, n_zero", EXACT_CASES)
+def test_path_probability_exactly_at_threshold_drafts(n_one, n_zero):
+    assert (n_one / n_zero) * (1 / n_one) < 1 / n_zero       # the case the quotients get wrong
+    h = threshold_stream(n_zero, n_one)
+    d = SuffixTree(max_spec_factor=0.0, max_spec_offset=3.0, min_token_prob=1 / n_zero)
+    d.begin(h)
+    assert d.draft(h, 0, 8).tolist() == [1, 200, 1000]
+    tokens, parents, probs = d.draft_tree(h, 0, 100)
+    assert tokens[:3].tolist() == [1, 200, 1000] and len(tokens) < 100
+    # The other continuations of "0 1" are exactly at the threshold too: all follow token 1.
+    assert sorted(t for t, p in zip(tokens.tolist(), parents.tolist()) if p == 0) == \
+        list(range(200, 200 + n_one))
+    assert (probs[1:] == np.float32(1 / n_zero)).all()
+    assert Reference(max_spec_factor=0.0, max_spec_offset=3.0, min_token_prob=1 / n_zero).draft(
+        h, 0, 8) == [1, 200, 1000]
+
+
+@pytest.mark.parametrize("n_one, n_zero", EXACT_CASES)
+def test_path_probability_just_below_threshold_stops(n_one, n_zero):
+    kw = {"max_spec_factor": 0.0, "max_spec_offset": 3.0}
+    # One more occurrence of "0": the path is 1 / (n_zero + 1) < 1 / n_zero.
+    h = threshold_stream(n_zero + 1, n_one)
+    d = SuffixTree(min_token_prob=1 / n_zero, **kw)
+    d.begin(h)
+    assert d.draft(h, 0, 8).tolist() == [1]
+    assert d.draft_tree(h, 0, 16)[0].tolist() == [1]
+    # The same path against a threshold one double above 1 / n_zero (a real number above it).
+    h = threshold_stream(n_zero, n_one)
+    d = SuffixTree(min_token_prob=float(np.nextafter(1 / n_zero, 1.0)), **kw)
+    d.begin(h)
+    assert d.draft(h, 0, 8).tolist() == [1]
+    # ... and one double below it: drafts.
+    d = SuffixTree(min_token_prob=float(np.nextafter(1 / n_zero, 0.0)), **kw)
+    d.begin(h)
+    assert d.draft(h, 0, 8).tolist() == [1, 200, 1000]
+
+
+def test_threshold_extremes():
+    h = threshold_stream(10, 3)
+    for p, want in [(0.0, [1, 200, 1000]), (1.0, []), (0.3, [1, 200, 1000][:1]),
+                    (float(np.nextafter(0.3, 1.0)), [])]:
+        d = SuffixTree(max_spec_factor=0.0, max_spec_offset=3.0, min_token_prob=p)
+        d.begin(h)
+        assert d.draft(h, 0, 8).tolist() == want, p
 
 
 # -- bad input ---------------------------------------------------------------------------------------

@@ -56,6 +56,9 @@ cdef class SuffixTree(Drafter):
     cdef readonly double max_spec_factor
     cdef readonly double max_spec_offset
     cdef readonly double min_token_prob
+    cdef int64_t prob_num         # the fraction prob_num / prob_den nearest min_token_prob with
+    cdef int64_t prob_den         #   prob_den < 2**31, for the exact threshold test (at_least)
+    cdef int64_t prob_slack       # 1: a ratio equal to that fraction is below the threshold
     cdef readonly Py_ssize_t max_cached_requests
     cdef Tree* local              # per sequence id: prompt + output so far
     cdef Tree glob                # finished outputs, oldest evicted first

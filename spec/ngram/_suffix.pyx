@@ -12,7 +12,12 @@ Drafting matches every suffix of ``history + [id_last]`` up to ``max_depth`` tok
 match of length k it follows the most frequent continuation for at most
 ``floor(max_spec_factor * k + max_spec_offset)`` tokens while the estimated probability of the
 path (product of child count / parent count) stays >= ``min_token_prob``; the draft's score is
-the sum of those probabilities. The best-scoring match of each tree wins (ties: the longer match),
+the sum of those probabilities. The product telescopes along a path (each ratio's denominator is
+the previous one's numerator) to count(node reached) / count(matched node), so the threshold is
+tested exactly, in integers (see ``at_least``). A ``min_token_prob`` that is the double nearest a
+fraction with a denominator below 2**31 stands for that fraction (0.1 for 1/10): a path at exactly
+the threshold drafts, where a product of rounded quotients (3/10 * 1/3 = 0.0999... in double)
+would drop it. The best-scoring match of each tree wins (ties: the longer match),
 and the global tree's draft replaces the sequence's own only with a strictly higher score.
 
 Tree maintenance is Arctic Inference's online algorithm: each sequence keeps the nodes where its
@@ -33,6 +38,7 @@ from libc.string cimport memmove, memset
 
 import numbers
 import operator
+from fractions import Fraction
 
 import numpy as np
 cimport numpy as cnp
@@ -518,19 +524,36 @@ cdef bint tree_match(const Tree* t, const token_t* head, Py_ssize_t m, token_t l
     return True
 
 
-cdef Py_ssize_t spec_path(const Tree* t, int32_t node, int32_t j, Py_ssize_t cap, double min_prob,
-                          token_t* out, float* probs, double* score) noexcept nogil:
+cdef inline bint at_least(int64_t count, int64_t base, int64_t num, int64_t den,
+                          int64_t slack) noexcept nogil:
+    """``count / base >= num / den`` (slack 0) or ``>`` (slack 1), exactly.
+
+    Every factor is below 2**31, so the products fit in int64. ``SuffixTree.__init__`` picks
+    (num, den, slack) from ``min_token_prob``: num / den is the fraction nearest it with
+    den < 2**31, so no ratio of counts lies strictly between the two; only the ratio equal to
+    num / den needs deciding, and slack 1 rejects it when it is below a ``min_token_prob`` that
+    does not stand for it.
+    """
+    return count * den - num * base >= slack
+
+
+cdef Py_ssize_t spec_path(const Tree* t, int32_t node, int32_t j, Py_ssize_t cap, int64_t num,
+                          int64_t den, int64_t slack, token_t* out, float* probs,
+                          double* score) noexcept nogil:
     """Follow the most frequent continuation from (node, j) for at most ``cap`` tokens.
 
     The path probability is the product of child count / parent count over the branch points
-    passed; drafting stops once it falls below ``min_prob``. Writes tokens (and their path
-    probabilities) when the buffers are given; the score is the sum of the probabilities, added
-    token by token (the tests' reference adds the same doubles in the same order).
+    passed, i.e. count(node reached) / count(start node); drafting stops once it falls below
+    ``num / den`` (compared in integers, see ``at_least``). Writes tokens (and their path probabilities, each one
+    quotient of two counts) when the buffers are given; the score is the sum of the
+    probabilities, added token by token (the tests' reference adds the same doubles in the same
+    order).
     """
     cdef double prob = 1.0, s = 0.0
     cdef Py_ssize_t n = 0
     cdef int32_t c
-    while n < cap and prob >= min_prob:
+    cdef int64_t base = t.nodes[node].count, cnt = base
+    while n < cap and at_least(cnt, base, num, den, slack):
         if j < t.nodes[node].length:
             if out != NULL:
                 out[n] = t.toks[t.nodes[node].ref + j]
@@ -543,7 +566,8 @@ cdef Py_ssize_t spec_path(const Tree* t, int32_t node, int32_t j, Py_ssize_t cap
             c = t.nodes[node].top
             if c < 0:
                 break
-            prob *= <double> t.nodes[c].count / <double> t.nodes[node].count
+            cnt = t.nodes[c].count
+            prob = <double> cnt / <double> base
             node = c
             j = 0
     score[0] = s
@@ -646,7 +670,11 @@ cdef class SuffixTree(Drafter):
         tokens (and at most ``n_max``).
     min_token_prob : float
         Stop drafting once the estimated probability of the drafted path (the product of
-        child count / parent count at each branch point) drops below this, in [0, 1].
+        child count / parent count at each branch point) drops below this, in [0, 1]. The test
+        is exact, in integers: a value that is the double nearest a fraction with a
+        denominator below 2**31 stands for that fraction, so a path whose probability is
+        exactly 1/10 drafts at 0.1 (a product of rounded quotients would make it 0.0999...);
+        any other value is compared as the real number it is.
     max_cached_requests : int
         Finished outputs kept in the global tree: ``end(output)`` adds one and evicts the oldest
         beyond this many. 0 disables the global tree, -1 keeps every output.
@@ -674,6 +702,14 @@ cdef class SuffixTree(Drafter):
         self.min_token_prob = _float_param("min_token_prob", min_token_prob)
         if not 0.0 <= self.min_token_prob <= 1.0:
             raise ValueError(f"min_token_prob must be in [0, 1], got {min_token_prob}")
+        # The exact threshold test (see at_least): the fraction nearest min_token_prob with a
+        # denominator below 2**31; the ratio equal to it passes unless it is below a
+        # min_token_prob that is not its nearest double.
+        frac = Fraction(self.min_token_prob).limit_denominator(INT32_MAX)
+        self.prob_num = frac.numerator
+        self.prob_den = frac.denominator
+        self.prob_slack = 1 if float(frac) != self.min_token_prob and frac < Fraction(
+            self.min_token_prob) else 0
         self.max_cached_requests = _int_param("max_cached_requests", max_cached_requests,
                                               -1, 0x7FFFFFFF)
         self._free_all()
@@ -757,7 +793,8 @@ cdef class SuffixTree(Drafter):
                 break          # every longer pattern ends with this one: no match either
             c = floor(<double> k * self.max_spec_factor + self.max_spec_offset + 1e-6)
             cap = n_max if c >= <double> n_max else (<Py_ssize_t> c if c > 0 else 0)
-            n = spec_path(t, node, 1, cap, self.min_token_prob, NULL, NULL, &score)
+            n = spec_path(t, node, 1, cap, self.prob_num, self.prob_den, self.prob_slack, NULL, NULL,
+                              &score)
             if n > 0 and score >= best.score:
                 best.tree = t
                 best.node = node
@@ -772,7 +809,8 @@ cdef class SuffixTree(Drafter):
                     break
                 c = floor(<double> k * self.max_spec_factor + self.max_spec_offset + 1e-6)
                 cap = n_max if c >= <double> n_max else (<Py_ssize_t> c if c > 0 else 0)
-                n = spec_path(g, node, j, cap, self.min_token_prob, NULL, NULL, &score)
+                n = spec_path(g, node, j, cap, self.prob_num, self.prob_den, self.prob_slack, NULL, NULL,
+                              &score)
                 if n > 0 and score >= gbest.score:
                     gbest.tree = g
                     gbest.node = node
@@ -792,7 +830,8 @@ cdef class SuffixTree(Drafter):
         m = self._choose(seq, history, n_history, id_last, n_max)
         if m.tree == NULL:
             return 0
-        return spec_path(m.tree, m.node, m.j, m.cap, self.min_token_prob, out, NULL, &score)
+        return spec_path(m.tree, m.node, m.j, m.cap, self.prob_num, self.prob_den, self.prob_slack, out, NULL,
+                         &score)
 
     cdef int _end(self, int seq, const token_t* output, Py_ssize_t n_output) except -1 nogil:
         cdef Tree* g = &self.glob
@@ -937,6 +976,7 @@ cdef class SuffixTree(Drafter):
         cdef int64_t cap_heap = 0, order = 0
         cdef int32_t node, j, c, i, top, depth
         cdef double prob, pc
+        cdef int64_t base, num = self.prob_num, den = self.prob_den, slack = self.prob_slack
         self._sync(seq, history, n_history)
         m = self._choose(seq, history, n_history, id_last, n_max)
         if m.tree == NULL:
@@ -945,9 +985,10 @@ cdef class SuffixTree(Drafter):
         # The chain: the path draft, pushing the branches it passes over as candidates.
         node = m.node
         j = m.j
+        base = t.nodes[node].count     # path probabilities are count(node) / base (see spec_path)
         prob = 1.0
         depth = 0
-        while n < m.cap and prob >= self.min_token_prob:
+        while n < m.cap and at_least(t.nodes[node].count, base, num, den, slack):
             if j < t.nodes[node].length:
                 out[n] = t.toks[t.nodes[node].ref + j]
                 parents[n] = <int32_t> n - 1
@@ -963,9 +1004,9 @@ cdef class SuffixTree(Drafter):
                 c = kid_at(t, node, i)
                 if c < 0 or c == top:
                     continue
-                pc = prob * (<double> t.nodes[c].count / <double> t.nodes[node].count)
-                if pc < self.min_token_prob:
+                if not at_least(t.nodes[c].count, base, num, den, slack):
                     continue
+                pc = <double> t.nodes[c].count / <double> base
                 if grow(<void**> &heap, &cap_heap, n_heap + 1, sizeof(Item)) < 0:
                     free(heap)
                     return raise_memory_error()
@@ -978,7 +1019,7 @@ cdef class SuffixTree(Drafter):
                 order += 1
                 heap_push(heap, n_heap, it)
                 n_heap += 1
-            prob *= <double> t.nodes[top].count / <double> t.nodes[node].count
+            prob = <double> t.nodes[top].count / <double> base
             node = top
             j = 0
         # Branches, most probable first; each emitted token offers its own continuations.
@@ -1009,9 +1050,9 @@ cdef class SuffixTree(Drafter):
                 c = kid_at(t, node, i)
                 if c < 0:
                     continue
-                pc = it.prob * (<double> t.nodes[c].count / <double> t.nodes[node].count)
-                if pc < self.min_token_prob:
+                if not at_least(t.nodes[c].count, base, num, den, slack):
                     continue
+                pc = <double> t.nodes[c].count / <double> base
                 if grow(<void**> &heap, &cap_heap, n_heap + 1, sizeof(Item)) < 0:
                     free(heap)
                     return raise_memory_error()
