@@ -10,13 +10,13 @@ import threading
 
 import numpy as np
 cimport numpy as cnp
-from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libcpp.vector cimport vector
 from libc.math cimport isfinite
 from libc.stdlib cimport free, malloc
 
 from spec._llama cimport *
+from spec._signals cimport check_signals
 from spec._typedefs cimport LLAMA_MAX_SEQ, pos_t, seq_t, token_t
 from spec._verify cimport argmax
 from spec._errors import (ClosedError, ContextError, ContextOverflowError, EngineBusyError,
@@ -751,6 +751,7 @@ cdef class Context:
         cdef int n_out = 0
         cdef token_t tok
         cdef const float* row
+        cdef int64_t next_signal_check = 0
         while n_out < max_tokens:
             row = self.logits_row(-1)
             tok = argmax(row, self.n_vocab)   # vectorized
@@ -763,8 +764,7 @@ cdef class Context:
             n_out += 1
             if n_out == max_tokens:
                 break
-            with gil:
-                PyErr_CheckSignals()
+            check_signals(&next_signal_check)
             self.decode_tokens(&tok, 1, pos, seq, False)
             pos += 1
         return n_out

@@ -9,7 +9,6 @@ every sequence is done or ``max_steps`` steps ran (streaming takes a step at a t
 Plain decoding is the same loop with drafts of length zero, so plain and speculative runs prefill
 identically and differ only in the verify batches (see the losslessness tests).
 """
-from cpython.exc cimport PyErr_CheckSignals
 from libc.math cimport NAN, exp, isfinite, isnan, log, pow
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memset
@@ -18,23 +17,16 @@ import numpy as np
 cimport numpy as cnp
 
 from spec._core cimport Context, Session
+from spec._signals cimport check_signals, monotonic_us
 from spec._plan cimport (COST_FRESH, COST_ROWS, EXPLORE_EVERY, CostModel, DraftPolicy,
                          PlanBuffers, checked_tokens, cost_age, cost_init, cost_update,
                          plan_drafts, plan_lengths, plan_verify, policy_observe, policy_start)
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from spec._typedefs cimport pos_t, seq_t, token_t
 from spec._verify cimport (SamplerParams, Rng, Workspace, rng_seed, sample_token, top2_margin,
                            verify_greedy, verify_stochastic, workspace_free, workspace_init)
 from spec.ngram._base cimport Drafter
 
 cnp.import_array()
-
-
-cdef inline int64_t llama_time_us() noexcept nogil:
-    # Monotonic microseconds (this module links no llama.cpp code, so it keeps its own clock).
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec * 1000000 + ts.tv_nsec // 1000
 
 
 cdef struct SeqState:
@@ -169,7 +161,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     cdef int64_t t0, t1, t2
     cdef const float* row0
     # 1. drafts
-    t0 = llama_time_us()
+    t0 = monotonic_us()
     for i in range(n_seqs):
         n_active += not seqs[i].done    # generating, or may finish its prompt and join
     row_cap = ctx.n_batch // max(n_active, 1) - 1    # the verify batch fits n_batch
@@ -215,7 +207,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
         for i in range(n_seqs):
             if plan.avail[i] >= 0:
                 seqs[i].n_draft = plan.lengths[i]
-    t1 = llama_time_us()
+    t1 = monotonic_us()
     timers.draft_s += (t1 - t0) * 1e-6
     # 2. prompt chunks of sequences still prefilling, in a decode of their own (logits at a
     # prompt's last token). On the CPU a prompt chunk gains nothing from sharing the verify
@@ -238,7 +230,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
         ctx.batch_decode()
         if session is not None:
             session.after_decode()
-        t2 = llama_time_us()
+        t2 = monotonic_us()
         seconds = (t2 - t1) * 1e-6
         t1 = t2
         # prompts whose last chunk was decoded: sample the first token, begin in the drafter
@@ -274,7 +266,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     ctx.batch_decode()
     if session is not None:
         session.after_decode()
-    t2 = llama_time_us()
+    t2 = monotonic_us()
     seconds = (t2 - t1) * 1e-6
     timers.verify_s += seconds
     cost_update(cost, n_rows, seconds)
@@ -327,11 +319,11 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
                         f"checkpoint or rollback depth n_rs_seq)")
         s.n_past += 1 + n_acc
         _emit(s, out_buf, n_acc + 1, margin_buf, cfg.is_eog)
-    timers.sample_s += (llama_time_us() - t2) * 1e-6
+    timers.sample_s += (monotonic_us() - t2) * 1e-6
     if any_replay:
-        t1 = llama_time_us()
+        t1 = monotonic_us()
         _replay(ctx, session, seqs, n_seqs)
-        timers.verify_s += (llama_time_us() - t1) * 1e-6
+        timers.verify_s += (monotonic_us() - t1) * 1e-6
     return 0
 
 
@@ -585,7 +577,7 @@ cdef class Loop:
             self.check_open()
             with nogil:
                 ctx.seq_rm(s.seq, -1, -1)
-                t0 = llama_time_us()
+                t0 = monotonic_us()
                 if self.session is None:
                     ctx.decode_tokens(s.tokens, s.n_prompt, 0, s.seq, False)
                 else:
@@ -596,7 +588,7 @@ cdef class Loop:
                         ctx.decode_tokens(s.tokens + i, n, i, s.seq, False)
                         self.session.after_decode()
                         i += n
-                t1 = llama_time_us()
+                t1 = monotonic_us()
                 s.n_past = s.n_prompt
                 _first_token(ctx, s, ctx.logits_row(-1), &self.cfg, &self.ws)
                 if self.drafter is not None:
@@ -614,6 +606,7 @@ cdef class Loop:
         """Run steps until every sequence is done, or max_steps steps ran, or (with
         until_one_done) a sequence finished; returns the number of steps run."""
         cdef int n = len(sequences), i, steps = 0, n_active, n_active0 = -1
+        cdef int64_t next_signal_check = 0
         keep = np.zeros(max(n, 1), dtype=np.uintp)   # owns the pointer array
         cdef SeqState** seqs = <SeqState**> cnp.PyArray_DATA(keep)
         policies_arr = np.zeros(max(n, 1), dtype=np.uintp)
@@ -634,8 +627,7 @@ cdef class Loop:
                     if n_active == 0 or (until_one_done and 0 <= n_active0 != n_active):
                         break
                     n_active0 = n_active
-                    with gil:
-                        PyErr_CheckSignals()
+                    check_signals(&next_signal_check)
                     _step(self.ctx, self.drafter, seqs, n, &self.cfg, &self.cost, &self.job_alpha,
                           plan, &self.ws, &self.timers, out_buf, margin_buf, self.session)
                     steps += 1

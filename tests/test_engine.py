@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import _thread
 import threading
+import time
 
 import numpy as np
 import pytest
 
 import spec
+from spec import Context
 from spec.engine import DRAFTERS, Engine
 
 # Every drafter the engine knows by name, Cython and llama.cpp's own.
@@ -148,6 +150,20 @@ def test_keyboard_interrupt_leaves_engine_usable(tiny_model):
         timer.cancel()
         again = engine.generate(prompt, max_tokens=50).tokens
     np.testing.assert_array_equal(again, expected)
+
+
+def test_keyboard_interrupt_stops_plain_greedy_decoding(tiny_model):
+    """Context.generate_greedy checks for signals every ~50 ms of work, not every token."""
+    ctx = Context(tiny_model, n_ctx=4096)
+    prompt = tiny_model.tokenize("Once upon a time")
+    timer = threading.Timer(0.2, _thread.interrupt_main)
+    timer.start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        ctx.generate_greedy(prompt, 4000, stop_at_eog=False)
+    timer.cancel()
+    assert time.perf_counter() - t0 < 5
+    ctx.close()
 
 
 @pytest.mark.parametrize("kwargs, error", [
