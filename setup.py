@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 from buildsupport.llama_build import ensure_built, locate, portable, sanitizers  # noqa: E402
 
-LLAMA_LINKED = {"spec._core", "spec._log", "spec._upstream"}
+LLAMA_LINKED = {"spec._core", "spec._log", "spec._sessions", "spec._upstream"}
 
 DIRECTIVES = dict(language_level=3, boundscheck=False, wraparound=False,
                   initializedcheck=False, cdivision=True, embedsignature=True)

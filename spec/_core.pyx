@@ -775,4 +775,3 @@ cdef class Context:
         return f"Context(n_ctx={self.n_ctx}, n_batch={self.n_batch}, n_seq_max={self.n_seq_max})"
 
 
-include "_sessions.pxi"

@@ -16,7 +16,8 @@ from libc.string cimport memset
 import numpy as np
 cimport numpy as cnp
 
-from spec._core cimport Context, Session
+from spec._core cimport Context
+from spec._sessions cimport Session
 from spec._signals cimport check_signals, monotonic_us
 from spec._plan cimport (COST_FRESH, COST_ROWS, EXPLORE_EVERY, CostModel, DraftPolicy,
                          PlanBuffers, checked_tokens, cost_age, cost_init, cost_update,

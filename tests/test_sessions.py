@@ -366,7 +366,7 @@ def test_config_builders():
 
 
 def test_need_embd_comes_from_the_backend(pair, mtp_path, eagle3_pair, tmp_path, vocab_path):
-    from spec._core import _ctx_extraction
+    from spec._sessions import _ctx_extraction
     # draft-simple asks nothing of the target; a target that already extracts keeps doing so
     ct = Context(Model(pair[0]), n_ctx=128, embeddings=True)
     s = DraftModelSession(ct, Context(Model(pair[1]), n_ctx=128), 1, 4)

@@ -181,7 +181,7 @@ cdef class DrafterChain(Drafter):
     cdef vector[TokenVec*] win_draft   # per sequence: the winning stage's draft
 
     def __init__(self, stages, names=None, n_min=0, n_max=0):
-        from spec._core import Session
+        from spec._sessions import Session
         stages = tuple(stages)
         if not stages:
             raise ValueError("a drafter chain needs at least one stage")

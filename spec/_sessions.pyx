@@ -1,9 +1,16 @@
-# Speculative sessions over llama.cpp's common_speculative (included into _core.pyx: a session
-# calls llama.cpp on contexts, and only this module's copy of llama.cpp may touch them).
-#
-# A Session is a Drafter, so the engine drives it like any other drafter; the engine also calls
-# after_decode() after every target decode (prefill chunks, verify batches, checkpoint replays),
-# which feeds the target context's last batch to common_speculative_process.
+"""Model-based speculation sessions over llama.cpp's ``common_speculative`` (see spec.sessions).
+
+A Session is a Drafter, so the engine drives it like any other drafter; the engine also calls
+after_decode() after every target decode (prefill chunks, verify batches, checkpoint replays),
+which feeds the target context's last batch to common_speculative_process. A session borrows its
+two contexts (spec._handle).
+"""
+import numpy as np
+
+from libc.stdint cimport int32_t
+from spec._core cimport Context, Model, _as_tokens
+from spec._llama cimport *
+from spec._typedefs cimport pos_t, seq_t, token_t
 
 from spec._common_spec cimport (
     COMMON_SPECULATIVE_TYPE_DRAFT_DFLASH, COMMON_SPECULATIVE_TYPE_DRAFT_EAGLE3,
@@ -15,9 +22,10 @@ from spec._common_spec cimport (
 from libc.stdint cimport uint16_t, uint32_t
 
 from spec._batch import Batch
-from spec._errors import (BadSeqIdError, InvalidConfigError, SessionInitError,
+from spec._errors import (BadSeqIdError, ClosedError, InvalidConfigError, SessionInitError,
                           SessionProcessError)
 from spec._log import captured_upstream, strip_levels, upstream_log
+from spec._session_config import SessionConfig
 
 
 cdef extern from "_llama_ctx_flags.h" nogil:
@@ -69,14 +77,12 @@ cdef class Session(Drafter):
 
     def __init__(self, Context target_ctx, Context draft_ctx, n_seq, n_draft_max, *, n_min=0,
                  p_min=0.0):
-        from spec.sessions import SessionConfig
         config = SessionConfig(n_seq, n_draft_max, n_min, p_min)
         self._init(target_ctx, draft_ctx, config)
 
     @classmethod
     def from_config(cls, Context target_ctx, Context draft_ctx, config):
         """A session from a :class:`spec.sessions.SessionConfig`."""
-        from spec.sessions import SessionConfig
         if not isinstance(config, SessionConfig):
             raise TypeError(f"config must be a SessionConfig, got {type(config).__name__}")
         self = cls.__new__(cls)
