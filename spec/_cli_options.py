@@ -35,6 +35,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="context window in KV cells (default: min(4096, training); a batch job "
                         "then grows it to hold n_parallel requests)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
+                   help="layers to offload to a GPU backend, -1 = all (needs a GPU build; see "
+                        "README 'Backends')")
     p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
 
 

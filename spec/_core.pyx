@@ -36,6 +36,36 @@ def system_info():
     return (<bytes> llama_print_system_info()).decode()
 
 
+_DEVICE_TYPES = {GGML_BACKEND_DEVICE_TYPE_CPU: "cpu", GGML_BACKEND_DEVICE_TYPE_GPU: "gpu",
+                 GGML_BACKEND_DEVICE_TYPE_IGPU: "igpu", GGML_BACKEND_DEVICE_TYPE_ACCEL: "accel"}
+
+
+def backends():
+    """The ggml backends compiled into this build (e.g. ``["CPU"]``, ``["CUDA", "CPU"]``)."""
+    return [(<bytes> ggml_backend_reg_name(ggml_backend_reg_get(i))).decode()
+            for i in range(ggml_backend_reg_count())]
+
+
+def devices():
+    """The devices those backends found: name, description, type ("cpu", "gpu", "igpu",
+    "accel", "meta") and memory in bytes (free, total)."""
+    cdef ggml_backend_dev_t dev
+    cdef size_t free_b = 0, total_b = 0
+    out = []
+    for i in range(ggml_backend_dev_count()):
+        dev = ggml_backend_dev_get(i)
+        ggml_backend_dev_memory(dev, &free_b, &total_b)
+        out.append({"name": (<bytes> ggml_backend_dev_name(dev)).decode(),
+                    "description": (<bytes> ggml_backend_dev_description(dev)).decode(),
+                    "type": _DEVICE_TYPES.get(ggml_backend_dev_type(dev), "meta"),
+                    "memory_free": free_b, "memory_total": total_b})
+    return out
+
+
+_SPLIT_MODES = {"none": LLAMA_SPLIT_MODE_NONE, "layer": LLAMA_SPLIT_MODE_LAYER,
+                "row": LLAMA_SPLIT_MODE_ROW, "tensor": LLAMA_SPLIT_MODE_TENSOR}
+
+
 def cpu_features():
     """The SIMD features ggml detects at run time."""
     return {"avx": bool(ggml_cpu_has_avx()), "avx2": bool(ggml_cpu_has_avx2()),
@@ -102,7 +132,14 @@ cdef class Model:
     vocab_only : bool
         Load only the vocabulary (tokenize/detokenize; no weights, no contexts).
     n_gpu_layers : int
-        Layers to offload to a GPU (this build is CPU-only; kept for API parity).
+        Layers to offload to the GPU backends this build has (see :func:`devices`; -1: all).
+        With no GPU backend compiled in (the default CPU build) it has no effect.
+    main_gpu : int
+        The device that holds the whole model when ``split_mode="none"`` (-1: none, CPU only).
+    split_mode : {"layer", "none", "row", "tensor"}
+        How llama.cpp splits the model across several GPUs (default "layer").
+    tensor_split : sequence of float, optional
+        Proportions of the model per device (at most ``llama_max_devices()`` values).
     load_mtp : bool
         Also load multi-token-prediction (NextN) layers when the model has them.
     """
@@ -111,12 +148,33 @@ cdef class Model:
         self.ptr = NULL
         self.vocab = NULL
 
-    def __init__(self, path, *, bint vocab_only=False, int n_gpu_layers=0, bint load_mtp=False):
+    def __init__(self, path, *, bint vocab_only=False, int n_gpu_layers=0, int main_gpu=0,
+                 split_mode="layer", tensor_split=None, bint load_mtp=False):
         path = check_model_file(path)
+        if split_mode not in _SPLIT_MODES:
+            raise ValueError(f"split_mode must be one of {sorted(_SPLIT_MODES)}, got {split_mode!r}")
+        if main_gpu < -1:
+            raise ValueError(f"main_gpu must be a device index or -1 (none), got {main_gpu}")
+        cdef float[::1] split
+        if tensor_split is not None:
+            n_devices = llama_max_devices()
+            values = np.asarray(tensor_split, dtype=np.float64).ravel()
+            if values.size == 0 or values.size > n_devices:
+                raise ValueError(f"tensor_split takes 1 to {n_devices} proportions (one per "
+                                 f"device), got {values.size}")
+            if not np.all(np.isfinite(values)) or np.any(values < 0) or values.sum() <= 0:
+                raise ValueError(f"tensor_split must be non-negative finite proportions with a "
+                                 f"positive sum, got {list(values)}")
+            split = np.zeros(n_devices, dtype=np.float32)
+            np.asarray(split)[:values.size] = values
         refresh_log_level()
         cdef llama_model_params params = llama_model_default_params()
         params.vocab_only = vocab_only
         params.n_gpu_layers = n_gpu_layers
+        params.main_gpu = main_gpu
+        params.split_mode = _SPLIT_MODES[split_mode]
+        if tensor_split is not None:
+            params.tensor_split = &split[0]      # read during the load below only
         params.load_mtp = load_mtp
         self.load_mtp = load_mtp
         cdef bytes bpath = os.fsencode(path)

@@ -20,6 +20,29 @@ cdef extern from "ggml.h" nogil:
     ctypedef bint (*ggml_abort_callback)(void* data) noexcept
 
 
+cdef extern from "ggml-backend.h" nogil:
+    ctypedef struct ggml_backend_device:
+        pass
+    ctypedef ggml_backend_device* ggml_backend_dev_t
+    ctypedef struct ggml_backend_reg:
+        pass
+    ctypedef ggml_backend_reg* ggml_backend_reg_t
+    enum:   # enum ggml_backend_dev_type (the function below has the same name)
+        GGML_BACKEND_DEVICE_TYPE_CPU
+        GGML_BACKEND_DEVICE_TYPE_GPU
+        GGML_BACKEND_DEVICE_TYPE_IGPU
+        GGML_BACKEND_DEVICE_TYPE_ACCEL
+    size_t ggml_backend_reg_count()
+    ggml_backend_reg_t ggml_backend_reg_get(size_t index)
+    const char* ggml_backend_reg_name(ggml_backend_reg_t reg)
+    size_t ggml_backend_dev_count()
+    ggml_backend_dev_t ggml_backend_dev_get(size_t index)
+    const char* ggml_backend_dev_name(ggml_backend_dev_t device)
+    const char* ggml_backend_dev_description(ggml_backend_dev_t device)
+    void ggml_backend_dev_memory(ggml_backend_dev_t device, size_t* free, size_t* total)
+    int ggml_backend_dev_type(ggml_backend_dev_t device)
+
+
 cdef extern from "ggml-cpu.h" nogil:
     # Feature probes reported by `python -m spec info`.
     int ggml_cpu_has_avx()
@@ -68,8 +91,17 @@ cdef extern from "llama.h" nogil:
         llama_seq_id** seq_id
         int8_t* logits
 
+    ctypedef enum llama_split_mode:
+        LLAMA_SPLIT_MODE_NONE
+        LLAMA_SPLIT_MODE_LAYER
+        LLAMA_SPLIT_MODE_ROW
+        LLAMA_SPLIT_MODE_TENSOR
+
     cdef struct llama_model_params:
         int32_t n_gpu_layers
+        llama_split_mode split_mode
+        int32_t main_gpu
+        const float* tensor_split
         bint vocab_only
         bint check_tensors
         bint load_mtp
@@ -92,6 +124,7 @@ cdef extern from "llama.h" nogil:
 
     const char* llama_version()
 
+    size_t llama_max_devices()
     llama_model_params llama_model_default_params()
     llama_context_params llama_context_default_params()
 

@@ -357,7 +357,7 @@ class _Interrupts:
 def run_batch(input_path, output_path, *, model="default", drafter="none", n_parallel=8,
               n_draft="auto", max_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
               seed=0, stop=(), n_ctx=None, threads=None, strict=False, progress=None,
-              log=None, order="longest_first") -> tuple[int, dict]:
+              log=None, order="longest_first", n_gpu_layers=0) -> tuple[int, dict]:
     """Run (or resume) a batch job; returns ``(exit_code, summary)``.
 
     ``progress`` None shows the bar when ``log`` is a terminal. ``log`` (default stderr) gets
@@ -424,7 +424,8 @@ def run_batch(input_path, output_path, *, model="default", drafter="none", n_par
             from spec.engine import Engine
             t0 = time.perf_counter()
             engine = Engine(model, drafter=drafter, n_draft=n_draft, n_ctx=n_ctx,
-                            n_threads=threads, n_parallel=min(n_parallel, len(pending)))
+                            n_threads=threads, n_parallel=min(n_parallel, len(pending)),
+                            n_gpu_layers=n_gpu_layers)
             summary["load_s"] = time.perf_counter() - t0
             by_line = {r.line: r for r in pending}
             ready, rejected = fit(engine, [(r.line, r.params) for r in pending], defaults)
@@ -595,6 +596,10 @@ def cmd_batch(args) -> int:
             print("error: --strict is not available with --ray (bad rows get an 'error' column)",
                   file=sys.stderr)
             return 2
+        if args.n_gpu_layers:
+            print("error: --n-gpu-layers is not available with --ray yet (actors reserve CPUs "
+                  "only)", file=sys.stderr)
+            return 2
         from spec.ray_batch import cmd_ray_batch
         return cmd_ray_batch(args)
     if ray_only:
@@ -607,7 +612,7 @@ def cmd_batch(args) -> int:
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
             seed=args.seed, stop=args.stop, n_ctx=args.n_ctx, threads=args.threads,
             strict=args.strict, progress=False if args.no_progress else None,
-            order=args.order.replace("-", "_"))
+            order=args.order.replace("-", "_"), n_gpu_layers=args.n_gpu_layers)
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m spec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("info", help="llama.cpp commit, build flags and CPU features")
+    sub.add_parser("info", help="llama.cpp commit, build flags, CPU features, backends and "
+                                "devices")
 
     gen = sub.add_parser("generate", help="generate text for one prompt")
     add_model_options(gen)
@@ -79,6 +80,11 @@ def cmd_info(args) -> int:
     print(f"cmake flags:      {' '.join(_build_info.CMAKE_FLAGS)}")
     feats = _core.cpu_features()
     print("cpu features:     " + " ".join(k for k, v in feats.items() if v))
+    print(f"backends:         {', '.join(_core.backends())}")
+    for dev in _core.devices():
+        memory = (f", {dev['memory_free'] / 2**30:.1f} / {dev['memory_total'] / 2**30:.1f} GiB free"
+                  if dev["memory_total"] else "")
+        print(f"device:           {dev['name']} ({dev['type']}): {dev['description']}{memory}")
     print(f"system info:      {_core.system_info().strip()}")
     return 0
 
@@ -87,8 +93,10 @@ def _engine(args, drafter):
     from spec.engine import Engine
     draft_model = getattr(args, "draft_model", None)
     return Engine(args.model, drafter=drafter, n_draft=getattr(args, "n_draft", "auto"),
-                  n_ctx=args.n_ctx, n_threads=args.threads,
-                  drafter_params={"draft_model": draft_model} if draft_model else None)
+                  n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                  drafter_params=({"draft_model": draft_model,
+                                   "draft_n_gpu_layers": args.n_gpu_layers}
+                                  if draft_model else None))
 
 
 def cmd_generate(args) -> int:
@@ -127,7 +135,7 @@ def cmd_demo(args) -> int:
     from spec.engine import Engine
     from spec._core import Model
     from spec.models import resolve
-    model = Model(resolve(args.model))
+    model = Model(resolve(args.model), n_gpu_layers=args.n_gpu_layers)
     rows = {}
     for label, drafter in (("plain", "none"), (args.drafter, args.drafter)):
         with Engine(model, drafter=drafter, n_ctx=args.n_ctx, n_threads=args.threads) as engine:

@@ -53,6 +53,7 @@ def _make_session(engine, kind, params):
     draft_model = params.pop("draft_model", None)
     n_min = int(params.pop("n_min", 0))
     p_min = float(params.pop("p_min", 0.0))
+    draft_n_gpu_layers = params.pop("draft_n_gpu_layers", None)
     if params:
         raise TypeError(f"unknown drafter_params for {kind!r}: {', '.join(sorted(params))}")
     ctx = engine.ctx
@@ -71,7 +72,13 @@ def _make_session(engine, kind, params):
     else:
         if draft_model is None:
             raise ValueError(f"the {kind!r} drafter needs drafter_params={{'draft_model': PATH}}")
-        dm = draft_model if isinstance(draft_model, Model) else Model(os.fspath(draft_model))
+        if isinstance(draft_model, Model):
+            if draft_n_gpu_layers is not None:
+                raise ValueError("draft_n_gpu_layers applies to a draft model given by path; "
+                                 "pass n_gpu_layers to Model(...) for a loaded one")
+            dm = draft_model
+        else:
+            dm = Model(os.fspath(draft_model), n_gpu_layers=int(draft_n_gpu_layers or 0))
         # EAGLE-3 / DFlash draft contexts read the target context (llama.cpp's ctx_other)
         draft_ctx = Context(dm, n_ctx=ctx.n_ctx, n_batch=ctx.n_batch,
                             n_threads=engine._n_threads, n_seq_max=ctx.n_seq_max,
@@ -317,19 +324,26 @@ class Engine:
         have been measured and for sizes not measured lately.
     n_ctx, n_batch, n_threads : int
         Context options (see :class:`Context`).
+    n_gpu_layers : int
+        Layers to offload when the model is given by path or name (see :class:`Model`; a
+        session's draft model takes ``drafter_params={"draft_n_gpu_layers": n}``).
     drafter_params : dict
         Extra constructor arguments for a drafter given by name.
     """
 
     def __init__(self, model, drafter="suffix", *, n_draft="auto", n_draft_max=64,
                  draft_cost=0.43, n_ctx=None, n_batch=512, n_threads=None, n_parallel=1,
-                 drafter_params=None):
+                 n_gpu_layers=0, drafter_params=None):
         session_kind = drafter if isinstance(drafter, str) and drafter in SESSION_DRAFTERS else None
         if isinstance(model, Model):
+            if n_gpu_layers:
+                raise ValueError("n_gpu_layers applies to a model given by path or name; pass "
+                                 "it to Model(...) for a loaded one")
             self.model = model
         else:
             # the MTP head is loaded only on request
-            self.model = Model(_models.resolve(model), load_mtp=session_kind == "mtp")
+            self.model = Model(_models.resolve(model), load_mtp=session_kind == "mtp",
+                               n_gpu_layers=n_gpu_layers)
         if n_draft == "auto":
             self.auto_draft = True
             self.n_draft = int(n_draft_max)

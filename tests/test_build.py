@@ -52,3 +52,34 @@ def test_sanitizers_have_their_own_build(monkeypatch):
     monkeypatch.setenv("SPEC_SANITIZE", "adress")
     with pytest.raises(RuntimeError, match="unknown sanitizer.*adress"):
         llama_build.locate()
+
+
+def test_backends_and_devices_of_the_default_build():
+    from spec._core import backends, devices
+    assert "CPU" in backends()
+    cpus = [d for d in devices() if d["type"] == "cpu"]
+    assert cpus and cpus[0]["memory_total"] > 0 and cpus[0]["name"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(split_mode="rows"), "split_mode must be one of"),
+    (dict(main_gpu=-2), "main_gpu must be a device index or -1"),
+    (dict(tensor_split=[]), "tensor_split takes 1 to"),
+    (dict(tensor_split=[1.0, -1.0]), "non-negative finite"),
+    (dict(tensor_split=[0.0, 0.0]), "positive sum"),
+    (dict(tensor_split=[float("nan")]), "non-negative finite"),
+])
+def test_offload_options_are_checked(tiny_model_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        spec.Model(tiny_model_path, **kwargs)
+
+
+def test_offload_options_reach_the_model(tiny_model_path):
+    # On the CPU build there is no GPU to offload to: llama.cpp loads on the CPU and the model
+    # works; with a GPU build the same call offloads (bench/gpu.sh).
+    model = spec.Model(tiny_model_path, n_gpu_layers=-1, split_mode="none", main_gpu=0,
+                       tensor_split=[1.0])
+    assert len(model.tokenize("hello")) > 0
+    with pytest.raises(ValueError, match="n_gpu_layers applies to a model given by path"):
+        spec.Engine(model, drafter=None, n_gpu_layers=2)
+    model.close()

@@ -75,6 +75,9 @@ def test_info_prints_the_commit():
     assert r.returncode == 0, r.stderr
     assert _build_info.LLAMA_CPP_COMMIT in r.stdout
     assert "llama.cpp commit" in r.stdout
+    # the default build: the CPU backend and its one device
+    assert "backends:         CPU" in r.stdout
+    assert any(line.startswith("device:") and "(cpu)" in line for line in r.stdout.splitlines())
 
 
 def test_missing_model_file(tmp_path):
