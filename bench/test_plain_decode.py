@@ -9,8 +9,6 @@ from __future__ import annotations
 import statistics
 import tempfile
 
-import numpy as np
-
 import spec
 from _llama_tools import llama_bench_tg, llama_completion
 from conftest import THREADS, save

@@ -73,3 +73,14 @@ def default_model_path() -> Path:
         return resolve("default")
     except ModelNotInstalledError as e:
         pytest.skip(f"default model not installed: {e}")
+
+
+@pytest.fixture(scope="session")
+def pair(tmp_path_factory, vocab_path):
+    """A target and a draft = target + 1 % noise (same seed, same vocabulary)."""
+    d = tmp_path_factory.mktemp("pair")
+    vocab = vocab_path("llama-spm")
+    tgt = spec.testing.make_tiny_llama(d / "tgt.gguf", vocab=vocab, seed=11, proj_scale=0.3)
+    dft = spec.testing.make_tiny_llama(d / "dft.gguf", vocab=vocab, seed=11, proj_scale=0.3,
+                                       perturb=0.01)
+    return tgt, dft

@@ -546,7 +546,7 @@ def context_ctor_program(draw):
     owner = draw(st.sampled_from(["model", "model", "mtp_model", "bigram", "spec.Model(MTP)",
                                   "spec.Model(TINY, vocab_only=True)", "None", "1", "ctx0"]))
     prog = [("ctx0 = spec.Context(model, n_ctx=32, n_threads=1)", False),
-            call(f"ctx = spec.Context", V(owner), **kwargs)]
+            call("ctx = spec.Context", V(owner), **kwargs)]
     prog += draw(st.lists(context_step(), max_size=3))
     prog.append(("ctx0.close(); ctx0.decode([1])", False))
     return prog

@@ -15,21 +15,9 @@ import threading
 import numpy as np
 import pytest
 
-import spec
-import spec.testing
 from spec import ClosedError, Context, DraftModelSession, Engine, Model
 
 PROMPT = "The quick brown fox jumps over the lazy dog"
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory, vocab_path):
-    d = tmp_path_factory.mktemp("lifetimes")
-    vocab = vocab_path("llama-spm")
-    tgt = spec.testing.make_tiny_llama(d / "tgt.gguf", vocab=vocab, seed=11, proj_scale=0.3)
-    dft = spec.testing.make_tiny_llama(d / "dft.gguf", vocab=vocab, seed=11, proj_scale=0.3,
-                                       perturb=0.01)
-    return tgt, dft
 
 
 class Handles:

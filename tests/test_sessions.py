@@ -41,15 +41,31 @@ def assert_lossless(plain, other):
         f"divergence at token {i} with a clear margin: plain {a[i]} vs speculative {b[i]}")
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory, vocab_path):
-    """A target and a draft = target + 1 % noise (same seed, same vocabulary)."""
-    d = tmp_path_factory.mktemp("pair")
-    vocab = vocab_path("llama-spm")
-    tgt = spec.testing.make_tiny_llama(d / "tgt.gguf", vocab=vocab, seed=11, proj_scale=0.3)
-    dft = spec.testing.make_tiny_llama(d / "dft.gguf", vocab=vocab, seed=11, proj_scale=0.3,
-                                       perturb=0.01)
-    return tgt, dft
+def greedy_by_hand(s, ct, n_past, id_last, n_tokens, *, pass_batch=False, nonempty=False):
+    """The reference's loop on sequence 0, driven by hand: draft, decode [id_last, *draft] with
+    all logits, process (the batch itself with ``pass_batch``), accept the prefix greedy
+    decoding agrees with. Returns at least ``n_tokens`` generated tokens after ``id_last``."""
+    out = []
+    while len(out) < n_tokens:
+        d = s.draft(0, n_past, id_last)
+        assert d.dtype == np.int32 and len(d) <= s.n_draft_max and (len(d) > 0 or not nonempty)
+        if pass_batch:
+            batch = spec.Batch(np.r_[id_last, d], pos=n_past, all_logits=True)
+            ct.decode(batch)
+            s.process(batch)
+        else:
+            ct.decode(np.r_[id_last, d].astype(np.int32), pos=n_past, all_logits=True)
+            s.process()
+        am = ct.logits().argmax(1)
+        n = 0
+        while n < len(d) and am[n] == d[n]:
+            n += 1
+        s.accept(0, n)
+        out += [int(t) for t in d[:n]] + [int(am[n])]
+        n_past += 1 + n
+        ct.kv_remove(0, n_past, -1)
+        id_last = out[-1]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -141,21 +157,7 @@ def test_draft_model_session_by_hand(pair):
     with pytest.raises(SessionProcessError):
         s.accept(0, 0)                          # before any draft
     id_last = int(np.argmax(ct.logits()[-1]))
-    n_past, out = len(prompt), [id_last]
-    while len(out) < 32:
-        d = s.draft(0, n_past, id_last)
-        assert d.dtype == np.int32 and 0 < len(d) <= 4
-        ct.decode(np.r_[id_last, d].astype(np.int32), pos=n_past, all_logits=True)
-        s.process()
-        am = ct.logits().argmax(1)
-        n = 0
-        while n < len(d) and am[n] == d[n]:
-            n += 1
-        s.accept(0, n)
-        out += [int(t) for t in d[:n]] + [int(am[n])]
-        n_past += 1 + n
-        ct.kv_remove(0, n_past, -1)
-        id_last = out[-1]
+    out = [id_last] + greedy_by_hand(s, ct, len(prompt), id_last, 31, nonempty=True)
     ref, _, _ = ct.generate_greedy(prompt, 32, stop_at_eog=False)
     assert out[:32] == ref.tolist()
     st = s.stats()
@@ -163,7 +165,7 @@ def test_draft_model_session_by_hand(pair):
     assert st["process_calls"] == st["calls"] + 1
     for bad in (1, -1, 7):
         with pytest.raises(BadSeqIdError):
-            s.draft(bad, n_past, id_last)
+            s.draft(bad, len(prompt), id_last)
         with pytest.raises(BadSeqIdError):
             s.begin(bad, prompt)
     with pytest.raises(ValueError, match="last decode"):
@@ -406,21 +408,7 @@ def test_begin_is_optional_and_process_takes_the_batch(pair):
     ct.decode(batch)
     s.process(batch)
     id_last = _greedy_argmax(ct)
-    n_past, out = len(prompt), [id_last]
-    while len(out) < 32:
-        d = s.draft(0, n_past, id_last)
-        batch = spec.Batch(np.r_[id_last, d], pos=n_past, all_logits=True)
-        ct.decode(batch)
-        s.process(batch)
-        am = ct.logits().argmax(1)
-        n = 0
-        while n < len(d) and am[n] == d[n]:
-            n += 1
-        s.accept(0, n)
-        out += [int(t) for t in d[:n]] + [int(am[n])]
-        n_past += 1 + n
-        ct.kv_remove(0, n_past, -1)
-        id_last = out[-1]
+    out = [id_last] + greedy_by_hand(s, ct, len(prompt), id_last, 31, pass_batch=True)
     ref, _, _ = ct.generate_greedy(prompt, 32, stop_at_eog=False)
     assert out[:32] == ref.tolist()
     st = s.stats()

@@ -71,17 +71,12 @@ def test_engine_cycles(tiny_model, drafter):
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory, vocab_path):
-    d = tmp_path_factory.mktemp("soak")
-    vocab = vocab_path("llama-spm")
-    tgt = spec.testing.make_tiny_llama(d / "tgt.gguf", vocab=vocab, seed=11, proj_scale=0.3)
-    dft = spec.testing.make_tiny_llama(d / "dft.gguf", vocab=vocab, seed=11, proj_scale=0.3,
-                                       perturb=0.01)
-    return Model(tgt), Model(dft)
+def pair_models(pair):
+    return Model(pair[0]), Model(pair[1])
 
 
-def test_draft_model_session_cycles(pair):
-    mt, md = pair
+def test_draft_model_session_cycles(pair_models):
+    mt, md = pair_models
     prompt = mt.tokenize(PROMPT)
 
     def cycle():
@@ -97,11 +92,11 @@ def test_draft_model_session_cycles(pair):
 
 
 @pytest.mark.parametrize("kind", ["draft", "mtp", "eagle3"])
-def test_session_engine_cycles(kind, pair, tmp_path_factory, vocab_path):
+def test_session_engine_cycles(kind, pair_models, tmp_path_factory, vocab_path):
     d = tmp_path_factory.mktemp(f"soak-{kind}")
     vocab = vocab_path("llama-spm")
     if kind == "draft":
-        target, params = pair[0], {"draft_model": pair[1]}
+        target, params = pair_models[0], {"draft_model": pair_models[1]}
     elif kind == "mtp":
         target = spec.testing.make_tiny_qwen35_mtp(d / "mtp.gguf", vocab=vocab, seed=5)
         params = {}

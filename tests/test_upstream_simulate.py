@@ -501,7 +501,6 @@ def test_simulate_known_answer_ngram_simple():
     toks = periodic(6, 10, seed=2).tolist()
     toks[31] = 999                        # one disturbance
     n, m, n_max, p = 2, 4, 3, 4
-    calls = hist0 = 0
     expect_hist = np.zeros(n_max + 1, dtype=np.int64)
     drafts = []
     i = p
