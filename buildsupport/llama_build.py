@@ -159,8 +159,9 @@ class LlamaBuild:
         return [self.lib_dir / lib for lib in SHARED_LIBS]
 
     def runtime_files(self) -> list[Path]:
-        """The files the loader opens: each library under its SONAME (e.g. libllama.so.0)."""
-        return sorted({p.resolve().parent / _soname(p) for p in self.shared_libs})
+        """The files the loader opens: every library the build made (the linked ones and the
+        backends libggml loads, e.g. libggml-blas, libggml-cuda), each under its SONAME."""
+        return sorted({p.resolve().parent / _soname(p) for p in self.lib_dir.glob("lib*.so")})
 
     def tool(self, name: str) -> Path:
         return self.build / "bin" / name

@@ -25,8 +25,9 @@ def _mapped_llama_files():
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
 def test_one_copy_of_each_llama_library_is_loaded_from_the_package():
     files = _mapped_llama_files()
-    names = sorted(f.name.split(".so")[0] for f in files)
-    assert names == sorted(LIBS), files          # each library once, no static second copy
+    names = [f.name.split(".so")[0] for f in files]
+    assert len(names) == len(set(names)), files  # each library once, no static second copy
+    assert set(LIBS) <= set(names), files        # (+ a backend's, e.g. libggml-blas)
     lib_dir = Path(spec.__file__).parent / "_lib"
     assert {f.parent for f in files} == {lib_dir}
 
