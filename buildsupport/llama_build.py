@@ -161,7 +161,8 @@ class LlamaBuild:
     def runtime_files(self) -> list[Path]:
         """The files the loader opens: every library the build made (the linked ones and the
         backends libggml loads, e.g. libggml-blas, libggml-cuda), each under its SONAME."""
-        return sorted({p.resolve().parent / _soname(p) for p in self.lib_dir.glob("lib*.so")})
+        libs = [*self.shared_libs, *self.lib_dir.glob("libggml-*.so")]   # not the tools' libraries
+        return sorted({p.resolve().parent / _soname(p) for p in libs})
 
     def tool(self, name: str) -> Path:
         return self.build / "bin" / name

@@ -48,6 +48,7 @@ SUPPORTED_TYPES = ("ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", 
 # config?"). Its drafts are greedy token by token, so a shorter n_draft is exactly a truncation.
 cdef enum:
     NGRAM_CACHE_N_DRAFT = 8
+    NGRAM_MAX = 4           # LLAMA_NGRAM_MAX (common/ngram-cache.h)
 
 # size_m is stored in an int16 per value (common_ngram_map_value::n_accepted); n_accepted is a
 # uint16 in common_speculative_accept: keep every draft length within both.
@@ -182,6 +183,7 @@ cdef class LlamaDrafter(Drafter):
     cdef Py_ssize_t cap                 # extra draft-length cap (ngram-cache n_draft)
     cdef bint guard_history             # ngram-map types: check the history never shrinks
     cdef Py_ssize_t guard_min_len       # 2n+m: ngram-map does nothing below this history length
+    cdef Py_ssize_t min_safe_len        # ngram-cache: shortest history upstream reads in bounds
     cdef vector[llama_tokens] hist      # per seq: the history handed to upstream
     cdef vector[llama_tokens] result    # per seq: upstream writes the draft here
     cdef vector[Py_ssize_t] hist_floor  # per seq: mirror of ngram-map's idx_last_check
@@ -212,6 +214,7 @@ cdef class LlamaDrafter(Drafter):
         self.cap = <Py_ssize_t> INT32_MAX
         self.guard_history = False
         self.guard_min_len = 0
+        self.min_safe_len = 0
         self.cparams.types.clear()
         self.cparams.types.push_back(self.ctype)
 
@@ -243,6 +246,10 @@ cdef class LlamaDrafter(Drafter):
             merged["n_draft"] = _int_param(type_name, "n_draft", merged["n_draft"], 1,
                                            NGRAM_CACHE_N_DRAFT)
             self.cap = merged["n_draft"]
+            # common_ngram_cache_draft builds its longest (LLAMA_NGRAM_MAX = 4) key from the last
+            # four tokens of history + id_last; with fewer it indexes before its draft vector
+            # (common/ngram-cache.cpp:56, reached from :177; AddressSanitizer reports the read).
+            self.min_safe_len = NGRAM_MAX - 1
             static = _cache_path("static_path", merged["static_path"])
             dynamic = _cache_path("dynamic_path", merged["dynamic_path"])
             self.cparams.ngram_cache.lookup_cache_static = os.fsencode(static)
@@ -314,6 +321,8 @@ cdef class LlamaDrafter(Drafter):
                         f"previous draft or begin ({self.hist_floor[seq]}) of sequence {seq}; "
                         f"call begin() again after removing tokens")
             self.hist_floor[seq] = n_history
+        if n_history < self.min_safe_len:
+            return 0        # see min_safe_len; spec's NgramCache drafts from its static part here
         self.hist[seq].assign(history, history + n_history)
         res.clear()
         dp = &common_speculative_get_draft_params(self.spec, seq)

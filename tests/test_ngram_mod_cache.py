@@ -636,8 +636,19 @@ def test_cache_tie_llama_picks_a_tied_candidate(tmp_path):
     path = tmp_path / "static.bin"
     path.write_bytes(struct.pack(f"{NATIVE}4ii" + "ii" * 2, 1, 2, -1, -1, 2, 30, 3, 20, 3))
     up = LlamaDrafter("ngram-cache", static_path=path)
+    up.begin([5, 6, 1])
+    assert [int(t) for t in up.draft([5, 6, 1], 2, 1)] in ([20], [30])
+
+
+def test_cache_llama_refuses_histories_upstream_reads_out_of_bounds(tmp_path):
+    """Upstream builds 4-token keys from history + id_last and reads before its draft vector
+    when there are fewer (ASan reports it): the wrapper drafts nothing there."""
+    path = tmp_path / "static.bin"
+    path.write_bytes(struct.pack(f"{NATIVE}4ii" + "ii", 1, 2, -1, -1, 1, 30, 3))
+    up = LlamaDrafter("ngram-cache", static_path=path)
     up.begin([1])
-    assert [int(t) for t in up.draft([1], 2, 1)] in ([20], [30])
+    assert len(up.draft([1], 2, 1)) == 0
+    assert len(up.draft([7, 7, 1], 2, 1)) == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -713,12 +724,14 @@ def test_hand_written_file(tmp_path):
     e.begin([10])
     assert [int(t) for t in e.draft([10], 11, 8)] == [12, 14]
     if LlamaDrafter is not None:
+        # upstream needs 4 tokens of history + id_last (see the wrapper's min_safe_len); the
+        # extra leading tokens continue nothing, so the same keys decide
         up = LlamaDrafter("ngram-cache", static_path=tmp_path / "s.bin")
-        up.begin([10])
-        assert [int(t) for t in up.draft([10], 11, 2)] == [12, 14]
+        up.begin([3, 4, 10])
+        assert [int(t) for t in up.draft([3, 4, 10], 11, 2)] == [12, 14]
         up = LlamaDrafter("ngram-cache", dynamic_path=tmp_path / "s.bin")
-        up.begin([10])
-        assert [int(t) for t in up.draft([10], 11, 8)] == [12, 14]
+        up.begin([3, 4, 10])
+        assert [int(t) for t in up.draft([3, 4, 10], 11, 8)] == [12, 14]
 
 
 def test_file_duplicates_keep_first(tmp_path):
