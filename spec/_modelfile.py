@@ -110,6 +110,11 @@ def metadata_problems(g: GGUFFile) -> list:
     if isinstance(arch, str) and arch:
         _check_hparams(g, arch, out)
     _check_vocab(g, out)
+    ftype = _int(g, "general.file_type")
+    if ftype is not None and not 0 <= ftype < 2048:
+        # llama-model-loader.cpp stores it in an enum llama_ftype, whose values fit in 11 bits:
+        # anything else is undefined behaviour (UBSan: "not a valid value for type 'llama_ftype'")
+        out.append(f"general.file_type = {ftype} is not a llama.cpp file type (0 to 2047)")
     return out
 
 

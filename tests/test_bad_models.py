@@ -331,6 +331,10 @@ def _known_crashes(bases) -> dict:
                              "layer_norm_rms_epsilon"),
         "rms_eps_nan": (ll.with_kv("llama.attention.layer_norm_rms_epsilon", f32, math.nan),
                         "layer_norm_rms_epsilon is nan"),
+        # llama-model-loader.cpp: an enum llama_ftype loaded from any uint32 (UB past 2047;
+        # UBSan reports "not a valid value for type 'llama_ftype'")
+        "file_type_not_an_ftype": (ll.with_kv("general.file_type", u32, 0xFFFFFFFF),
+                                   "general.file_type = 4294967295"),
         # llama-vocab.cpp token_to_byte: GGML_ABORT for WordPiece, building the piece cache
         "tokenizer_bert_on_spm_vocab": (ll.with_kv("tokenizer.ggml.model", s, "bert"),
                                         "'bert'"),
@@ -408,6 +412,7 @@ def _known_crashes(bases) -> dict:
 
 
 KNOWN_CRASHES = ["block_count_0", "block_count_above_max", "rms_eps_negative", "rms_eps_nan",
+                 "file_type_not_an_ftype",
                  "tokenizer_bert_on_spm_vocab", "tokenizer_none", "nextn_above_block_count",
                  "expert_count_above_max", "expert_used_without_experts",
                  "rope_scaling_type_unknown", "duplicate_token", "t5_adds_bos_it_lacks",
