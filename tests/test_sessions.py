@@ -504,13 +504,19 @@ def test_batch_is_a_frozen_copy():
         b.pos = 0
 
 
-def test_accept_is_checked_against_the_last_draft(pair):
+def prefilled_session(pair):
+    """A draft-model session whose target context holds PROMPT, processed (not begun)."""
     mt = Model(pair[0])
     ct, cd = Context(mt, n_ctx=256), Context(Model(pair[1]), n_ctx=256)
     s = DraftModelSession(ct, cd, 1, 4)
     prompt = mt.tokenize(PROMPT)
     ct.decode(prompt)
     s.process()
+    return ct, s, prompt
+
+
+def test_accept_is_checked_against_the_last_draft(pair):
+    ct, s, prompt = prefilled_session(pair)
     for n in (0, 1):
         with pytest.raises(SessionProcessError, match="without a draft"):
             s.accept(0, n)                      # before any draft
@@ -530,12 +536,7 @@ def test_print_stats_prints_llama_cpp_statistics(pair, capfd):
     """spec's counters, then llama.cpp's own statistics line for the type (which its common_log
     writes to file descriptor 2: collected and printed to stdout), with the same counts."""
     import re
-    mt = Model(pair[0])
-    ct, cd = Context(mt, n_ctx=256), Context(Model(pair[1]), n_ctx=256)
-    s = DraftModelSession(ct, cd, 1, 4)
-    prompt = mt.tokenize(PROMPT)
-    ct.decode(prompt)
-    s.process()
+    ct, s, prompt = prefilled_session(pair)
     s.begin(0, prompt)
     greedy_by_hand(s, ct, len(prompt), _greedy_argmax(ct), 10**6, max_steps=4)
     capfd.readouterr()
