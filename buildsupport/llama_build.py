@@ -63,6 +63,17 @@ def user_cmake_args() -> list[str]:
             *shlex.split(os.environ.get("SPEC_CMAKE_ARGS", ""))]
 
 
+def _asked_by() -> str:
+    """Which environment variables chose the flags a failed configure was given."""
+    asked = [f"{name}={os.environ[name]!r}" for name in ("CMAKE_ARGS", "SPEC_CMAKE_ARGS",
+                                                          "SPEC_SANITIZE", "SPEC_PORTABLE")
+             if os.environ.get(name)]
+    if not asked:
+        return "no CMAKE_ARGS / SPEC_CMAKE_ARGS were set (the default CPU build)"
+    return ("flags were asked for by " + ", ".join(asked)
+            + " — install that backend's toolkit, or unset the variable for a CPU build")
+
+
 def cmake_flags() -> list[str]:
     sanitize = sanitizers()
     return [
@@ -225,14 +236,26 @@ def _ensure_built_locked(targets: tuple[str, ...]) -> LlamaBuild:
     # Configure every time (~1 s): pip's isolated build envs are deleted after an install, and the
     # cache must forget the cmake and ninja paths an earlier one recorded.
     _log(f"configuring llama.cpp in {info.build}")
-    subprocess.run([cmake, "-S", str(info.src), "-B", str(info.build), *gen, *info.flags],
-                   check=True, stdout=subprocess.DEVNULL)
+    try:
+        subprocess.run([cmake, "-S", str(info.src), "-B", str(info.build), *gen, *info.flags],
+                       check=True, stdout=subprocess.DEVNULL)
+    except subprocess.CalledProcessError:
+        raise RuntimeError(f"configuring llama.cpp failed (its message is above); "
+                           f"{_asked_by()}") from None
     if not _libs_present(info):
         _log("building llama.cpp (a cold build takes ~8 min on 2 cores; cached after)")
     jobs = os.environ.get("SPEC_BUILD_JOBS") or str(os.cpu_count() or 2)
     # A no-op rebuild takes ~0.03 s and picks up edits to an override tree.
-    subprocess.run([cmake, "--build", str(info.build), "-j", jobs, "--target", *targets],
-                   check=True, stdout=subprocess.DEVNULL)
+    log = info.build / "spec-build.log"
+    with open(log, "w") as out:
+        done = subprocess.run([cmake, "--build", str(info.build), "-j", jobs, "--target", *targets],
+                              stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        # The compiler's message is in the build tool's output, which a quiet build hides.
+        failed = log.read_text(errors="replace").splitlines()
+        sys.stderr.write("\n".join(line for line in failed[-60:]
+                                   if not line.startswith("[")) + "\n")
+        raise RuntimeError(f"building llama.cpp failed (its output: {log}); {_asked_by()}")
     return info
 
 

@@ -84,3 +84,12 @@ def test_offload_options_reach_the_model(tiny_model_path):
     with pytest.raises(ValueError, match="n_gpu_layers applies to a model given by path"):
         spec.Engine(model, drafter=None, n_gpu_layers=2)
     model.close()
+
+
+def test_a_failed_configure_names_the_variable_that_asked(monkeypatch):
+    for var in ("CMAKE_ARGS", "SPEC_CMAKE_ARGS", "SPEC_SANITIZE", "SPEC_PORTABLE"):
+        monkeypatch.delenv(var, raising=False)
+    assert "default CPU build" in llama_build._asked_by()
+    monkeypatch.setenv("CMAKE_ARGS", "-DGGML_CUDA=on")
+    said = llama_build._asked_by()
+    assert "CMAKE_ARGS='-DGGML_CUDA=on'" in said and "toolkit" in said

@@ -363,6 +363,37 @@ def test_accept_more_than_the_last_draft_is_refused(name):
         drafter.accept(1)                              # once per draft
 
 
+@pytest.mark.parametrize("name", CYTHON_DRAFTERS)
+def test_draft_scans_only_the_history_it_has_not_seen(name):
+    """draft() costs O(1) in the history length: an int32 history is scanned past what earlier
+    calls of the sequence scanned, and a shorter (new) history is scanned whole."""
+    drafter = make_drafter(name)
+    history = np.array([1, 2, 3, 4] * 40, dtype=np.int32)
+    drafter.begin(history[:8])
+    drafter.draft(history[:100], id_last=1, n_max=4)
+    grown = history.copy()
+    grown[150] = -2
+    with pytest.raises(ValueError, match=r"history\[150\] = -2"):
+        drafter.draft(grown, id_last=1, n_max=4)
+    fresh = history[:20].copy()
+    fresh[3] = -9
+    with pytest.raises(ValueError, match=r"history\[3\] = -9"):
+        drafter.draft(fresh, id_last=1, n_max=4)
+    for bad in ([1, 2, -3, 4], np.array([1, -3], dtype=np.int64)):   # converted: checked whole
+        with pytest.raises(ValueError, match="not a token id"):
+            drafter.draft(bad, id_last=1, n_max=4)
+
+
+def test_a_history_changed_in_place_cannot_draft_a_negative_id():
+    drafter = spec.NgramSimple(size_n=2, size_m=4)
+    history = np.array([7, 1, 2, 3, 4, 9, 9, 9, 9, 1, 2, 3], dtype=np.int32)
+    drafter.begin(history[:2])
+    assert drafter.draft(history, id_last=4, n_max=4).tolist() == [9, 9, 9, 9]
+    history[5] = -5                     # behind the scanned length: not scanned again
+    with pytest.raises(ValueError, match="draft holds -5"):
+        drafter.draft(history, id_last=4, n_max=4)
+
+
 def test_a_sequence_smaller_than_the_loop_drafts_is_refused(tiny_model):
     with Context(tiny_model, n_ctx=128, n_threads=N_THREADS) as ctx:
         loop = Loop(ctx, make_drafter("suffix"), n_draft_max=16)

@@ -22,12 +22,15 @@ from spec._typedefs cimport token_t
 # ``tokens`` as a 1-D C-contiguous int32 ndarray of non-negative ids (ValueError/TypeError naming
 # ``name`` otherwise). Shared by every drafter's Python-facing methods.
 cdef cnp.ndarray as_token_array(object tokens, str name)
+# ValueError if a draft returned to Python holds a negative id (O(draft length)).
+cdef int check_drafted(const token_t* draft, Py_ssize_t n) except -1
 
 
 cdef class Drafter:
     cdef readonly int n_seq            # sequence ids with state: 0 .. n_seq-1
     cdef unsigned char* begun          # begun[seq] != 0 once begin_seq ran for seq
     cdef Py_ssize_t* last_draft        # last_draft[seq]: length of the draft accept may take
+    cdef Py_ssize_t* n_checked         # n_checked[seq]: history length draft() already scanned
     cdef object holder                 # the engine whose generation drives it, or None
     cdef object lock                   # held by the Python-level methods: one thread at a time
 
@@ -36,6 +39,8 @@ cdef class Drafter:
     cdef int check_free(self) except -1   # EngineBusyError while an engine's generation holds it
     # the Python draft methods' arguments: free, n_max >= 0, id_last >= 0, seq_id begun
     cdef int check_draft_args(self, Py_ssize_t n_max, int id_last, int seq_id) except -1
+    # draft()'s history as a token array, scanning only what this sequence's earlier calls did not
+    cdef cnp.ndarray checked_history(self, object history, int seq)
     cdef int begin_seq(self, int seq, const token_t* prompt, Py_ssize_t n_prompt) except -1 nogil
     cdef Py_ssize_t draft_seq(self, int seq, const token_t* history, Py_ssize_t n_history,
                               token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil

@@ -66,6 +66,15 @@ cdef cnp.ndarray as_token_array(object tokens, str name):
     return arr
 
 
+cdef int check_drafted(const token_t* draft, Py_ssize_t n) except -1:
+    """Refuse a draft holding a negative id (see Drafter.checked_history for how one could)."""
+    cdef Py_ssize_t bad = _first_negative(draft, n)
+    if bad >= 0:
+        raise ValueError(f"the draft holds {draft[bad]}, not a token id: the history was "
+                         f"changed in place after an earlier draft() read it")
+    return 0
+
+
 cdef const token_t[::1] as_tokens(object tokens, str name) except *:
     """A C-contiguous int32 memoryview of ``tokens`` (see as_token_array)."""
     return as_token_array(tokens, name)
@@ -83,12 +92,14 @@ cdef class Drafter:
         self.n_seq = 0
         self.begun = NULL
         self.last_draft = NULL
+        self.n_checked = NULL
         self.holder = None
         self.lock = threading.RLock()
 
     def __dealloc__(self):
         free(self.begun)
         free(self.last_draft)
+        free(self.n_checked)
 
     # -- C level -------------------------------------------------------------------------------
 
@@ -107,6 +118,11 @@ cdef class Drafter:
             raise MemoryError()
         memset(grown_last + self.n_seq, 0, (n_seq - self.n_seq) * sizeof(Py_ssize_t))
         self.last_draft = grown_last
+        grown_last = <Py_ssize_t*> realloc(self.n_checked, n_seq * sizeof(Py_ssize_t))
+        if grown_last == NULL:
+            raise MemoryError()
+        memset(grown_last + self.n_seq, 0, (n_seq - self.n_seq) * sizeof(Py_ssize_t))
+        self.n_checked = grown_last
         self._reserve(n_seq)
         self.n_seq = n_seq
         return 0
@@ -114,6 +130,7 @@ cdef class Drafter:
     cdef int begin_seq(self, int seq, const token_t* prompt, Py_ssize_t n_prompt) except -1 nogil:
         self.begun[seq] = 1
         self.last_draft[seq] = 0
+        self.n_checked[seq] = 0
         return self._begin(seq, prompt, n_prompt)
 
     cdef Py_ssize_t draft_seq(self, int seq, const token_t* history, Py_ssize_t n_history,
@@ -138,11 +155,13 @@ cdef class Drafter:
     cdef int end_seq(self, int seq, const token_t* output, Py_ssize_t n_output) except -1 nogil:
         self.begun[seq] = 0
         self.last_draft[seq] = 0
+        self.n_checked[seq] = 0
         return self._end(seq, output, n_output)
 
     cdef int reset_seq(self, int seq) except -1:
         self.begun[seq] = 0
         self.last_draft[seq] = 0
+        self.n_checked[seq] = 0
         return self._reset_seq(seq)
 
     cdef int _reserve(self, int n_seq) except -1:
@@ -183,6 +202,35 @@ cdef class Drafter:
         if id_last < 0:
             raise ValueError(f"id_last must be a token id >= 0, got {id_last}")
         return self.check_seq(seq_id, True)
+
+    cdef cnp.ndarray checked_history(self, object history, int seq):
+        """``history`` as a token array (see as_token_array), costing O(1) in its length.
+
+        A generation's history only grows, so an int32 array is scanned only past the length an
+        earlier call of this sequence already scanned (a shorter history is scanned whole).
+        Drafters use older tokens only as keys and in comparisons; an id made negative in place
+        after its scan can at worst surface in a draft, which ``draft`` refuses.
+        """
+        cdef cnp.ndarray arr
+        cdef Py_ssize_t n, start, bad
+        cdef const token_t* data
+        if not (type(history) is np.ndarray and (<cnp.ndarray> history).ndim == 1
+                and (<cnp.ndarray> history).descr.type_num == cnp.NPY_INT32
+                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> history)):
+            arr = as_token_array(history, "history")      # converted: a copy it needs anyway
+            self.n_checked[seq] = cnp.PyArray_DIM(arr, 0)
+            return arr
+        arr = <cnp.ndarray> history
+        n = cnp.PyArray_DIM(arr, 0)
+        start = self.n_checked[seq] if self.n_checked[seq] <= n else 0
+        data = <const token_t*> cnp.PyArray_DATA(arr)
+        with nogil:
+            bad = _first_negative(data + start, n - start)
+        if bad >= 0:
+            raise ValueError(f"history[{start + bad}] = {data[start + bad]} is outside "
+                             f"[0, 2**31): not a token id")
+        self.n_checked[seq] = n
+        return arr
 
     cdef int check_free(self) except -1:
         if self.holder is not None:
@@ -229,7 +277,7 @@ cdef class Drafter:
         cdef Py_ssize_t n
         with self.lock:
             self.check_draft_args(n_max, id_last, seq_id)
-            hist = as_token_array(history, "history")
+            hist = self.checked_history(history, seq_id)
             hist_ptr = <const token_t*> cnp.PyArray_DATA(hist)
             n_hist = cnp.PyArray_DIM(hist, 0)
             dim = n_max
@@ -240,6 +288,7 @@ cdef class Drafter:
                 return out
             with nogil:
                 n = self.draft_seq(seq_id, hist_ptr if n_hist else NULL, n_hist, id_last, n_max, out_ptr)
+            check_drafted(out_ptr, n)
             return out[:n]
 
     def accept(self, Py_ssize_t n_accepted, int seq_id=0):

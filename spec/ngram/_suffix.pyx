@@ -44,7 +44,7 @@ import numpy as np
 cimport numpy as cnp
 
 from spec._typedefs cimport token_t
-from spec.ngram._base cimport Drafter, as_token_array
+from spec.ngram._base cimport Drafter, check_drafted
 
 cnp.import_array()
 
@@ -950,7 +950,7 @@ cdef class SuffixTree(Drafter):
         cdef Py_ssize_t n
         with self.lock:
             self.check_draft_args(n_max, id_last, seq_id)
-            hist = as_token_array(history, "history")
+            hist = self.checked_history(history, seq_id)
             tokens = np.empty(n_max, dtype=np.int32)
             parents = np.empty(n_max, dtype=np.int32)
             probs = np.empty(n_max, dtype=np.float32)
@@ -963,6 +963,7 @@ cdef class SuffixTree(Drafter):
             with nogil:
                 n = self._draft_tree(seq_id, &hist[0] if hist.shape[0] else NULL, hist.shape[0],
                                      id_last, n_max, &tok_v[0], &par_v[0], &prob_v[0])
+            check_drafted(&tok_v[0], n)
             return tokens[:n].copy(), parents[:n].copy(), probs[:n].copy()
 
     cdef Py_ssize_t _draft_tree(self, int seq, const token_t* history, Py_ssize_t n_history,
