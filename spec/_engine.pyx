@@ -13,6 +13,8 @@ from libc.math cimport NAN, exp, isfinite, isnan, log, pow
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memset
 
+import os
+
 import numpy as np
 cimport numpy as cnp
 
@@ -27,7 +29,11 @@ from spec._verify cimport (SamplerParams, Rng, Workspace, rng_seed, sample_token
                            verify_greedy, verify_stochastic, workspace_free, workspace_init)
 from spec.ngram._base cimport Drafter
 
+from spec._params import Sampling
+
 cnp.import_array()
+
+GREEDY = Sampling()
 
 
 cdef struct SeqState:
@@ -345,14 +351,16 @@ cdef PlanBuffers _plan_buffers(cnp.ndarray policies, cnp.ndarray alpha, cnp.ndar
 cdef class Sequence:
     """Buffers and C state of one generation (a request) inside the engine loop.
 
+    Build it through :meth:`Loop.sequence`, which sizes its draft buffers for the loop.
+    ``sampling`` is a :class:`spec._params.Sampling` (None: greedy).
+
     ``alpha0`` is the prior per-token acceptance that sizes its first "auto" drafts; by default
     the loop's running acceptance over the sequences it has already run.
     """
     cdef SeqState state
     cdef object tokens_arr, draft_arr, margins_arr, hist_arr, acc_pos_arr, draft_pos_arr
 
-    def __init__(self, int seq, prompt, int max_tokens, int n_draft_max, *, double temperature=0.0,
-                 int top_k=0, double top_p=1.0, double min_p=0.0, uint64_t seed=0,
+    def __init__(self, int seq, prompt, int max_tokens, int n_draft_max, sampling=None, *,
                  bint trace=False, double alpha0=NAN):
         prompt = np.ascontiguousarray(prompt, dtype=np.int32)
         n_prompt = prompt.shape[0]
@@ -374,12 +382,18 @@ cdef class Sequence:
         s.accept_hist = <int64_t*> cnp.PyArray_DATA(self.hist_arr)
         s.accept_by_pos = <int64_t*> cnp.PyArray_DATA(self.acc_pos_arr)
         s.draft_by_pos = <int64_t*> cnp.PyArray_DATA(self.draft_pos_arr)
-        s.sampler.temperature = temperature
-        s.sampler.top_k = top_k
-        s.sampler.top_p = top_p
-        s.sampler.min_p = min_p
+        # The one place a Sampling (validated when it was built) becomes the loop's C struct.
+        if sampling is None:
+            sampling = GREEDY
+        s.sampler.temperature = sampling.temperature
+        s.sampler.top_k = sampling.top_k
+        s.sampler.top_p = sampling.top_p
+        s.sampler.min_p = sampling.min_p
+        seed = sampling.seed
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
         policy_start(&s.policy, alpha0)
-        rng_seed(&s.rng, seed)
+        rng_seed(&s.rng, <uint64_t> (seed & 0xFFFFFFFFFFFFFFFF))
         s.done = max_tokens == 0
 
     @property
@@ -537,6 +551,10 @@ cdef class Loop:
 
     def reset_timers(self):
         memset(&self.timers, 0, sizeof(Timers))
+
+    def sequence(self, int seq, prompt, int max_tokens, sampling=None, *, bint trace=False):
+        """A :class:`Sequence` for this loop: its draft buffers hold this loop's longest draft."""
+        return Sequence(seq, prompt, max_tokens, self.cfg.n_draft_max, sampling, trace=trace)
 
     def start(self, Sequence sq not None, bint interleave=False):
         """Prefill the sequence's prompt (its KV memory is cleared first), sample its first

@@ -3,65 +3,47 @@ parameters checked one by one (a bad request is reported, the others go on), pro
 and fitted to the context, then generated through :meth:`spec.Engine.iter_batch`."""
 from __future__ import annotations
 
-import math
 from typing import Hashable, Iterator
 
 from spec._errors import RequestError
+from spec._params import SAMPLING_KEYS, Sampling
 
 #: Generation parameters a request may set (besides its prompt).
-PARAM_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop")
-
-_SEED_MIN, _SEED_MAX = -(1 << 63), (1 << 64) - 1
-_INT32_MAX = (1 << 31) - 1
+PARAM_KEYS = ("max_tokens", *SAMPLING_KEYS, "stop")
 
 
 def is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def check_params(params: dict, prefix: str = "") -> dict:
     """Validate generation parameters (the keys present among :data:`PARAM_KEYS`); returns them
     normalised (stop as a list). Raises ValueError naming the first bad one (``prefix`` is put
-    before its name, e.g. ``--`` for options)."""
+    before its name, e.g. ``--`` for options). The sampling ones are checked by building the
+    :class:`~spec._params.Sampling` the engine will take."""
     out = dict(params)
 
-    def bad(name, why):
-        raise ValueError(f"{prefix}{name.replace('_', '-') if prefix else name} {why}, "
-                         f"got {params[name]!r}")
+    def named(message: str) -> str:
+        if not prefix:
+            return message
+        name, rest = message.split(" ", 1)
+        return f"{prefix}{name.replace('_', '-')} {rest}"
 
     if "max_tokens" in params:
         v = params["max_tokens"]
         if not is_int(v) or v < 0:
-            bad("max_tokens", "must be an integer >= 0")
-    if "temperature" in params:
-        v = params["temperature"]
-        if not _is_number(v) or v < 0:
-            bad("temperature", "must be a number >= 0")
-    if "top_k" in params:
-        v = params["top_k"]
-        if not is_int(v) or not 0 <= v <= _INT32_MAX:
-            bad("top_k", "must be an integer >= 0")
-    if "top_p" in params:
-        v = params["top_p"]
-        if not _is_number(v) or not 0 < v <= 1:
-            bad("top_p", "must be a number in (0, 1]")
-    if "min_p" in params:
-        v = params["min_p"]
-        if not _is_number(v) or not 0 <= v <= 1:
-            bad("min_p", "must be a number in [0, 1]")
-    if "seed" in params:
-        v = params["seed"]
-        if not is_int(v) or not _SEED_MIN <= v <= _SEED_MAX:
-            bad("seed", "must be a 64-bit integer")
+            raise ValueError(named(f"max_tokens must be an integer >= 0, got {v!r}"))
+    try:
+        sampling = Sampling(**{k: params[k] for k in SAMPLING_KEYS if k in params})
+    except (TypeError, ValueError) as e:
+        raise ValueError(named(str(e))) from None
+    out.update({k: getattr(sampling, k) for k in SAMPLING_KEYS if k in params})
     if "stop" in params:
         v = params["stop"]
         stops = [v] if isinstance(v, str) else v
         if not isinstance(stops, list) or any(not isinstance(s, str) or not s for s in stops):
-            bad("stop", "must be a non-empty string or a list of non-empty strings")
+            raise ValueError(named("stop must be a non-empty string or a list of non-empty "
+                                   f"strings, got {v!r}"))
         out["stop"] = list(stops)
     return out
 

@@ -22,6 +22,7 @@ from spec._core import MAX_SEQ, Context, Model, as_tokens
 from spec._counters import StepCounters
 from spec._engine import Loop, Sequence
 from spec._errors import ClosedError, ContextOverflowError, EngineBusyError, RequestError
+from spec._params import SAMPLING_KEYS, Sampling
 from spec._stops import StopScanner
 from spec import models as _models
 
@@ -285,22 +286,6 @@ def _finish_reason(scanner: StopScanner, sq: Sequence, max_tokens: int) -> str:
     return "stop"
 
 
-def _check_sampling(temperature, top_k, top_p, min_p):
-    for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise TypeError(f"{name} must be a number, got {value!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
-        raise TypeError(f"top_k must be an integer, got {top_k!r}")
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if int(top_k) < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not 0 <= min_p <= 1:
-        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
-
-
 class Engine:
     """Speculative generation with a target model and a drafter.
 
@@ -459,15 +444,8 @@ class Engine:
                              f"(vocabulary size {self.model.n_vocab})")
         return tokens
 
-    def _request_tokens(self, prompt, max_tokens, temperature, top_k, top_p, min_p,
-                        seed) -> np.ndarray:
-        """Check a request's arguments; its prompt's tokens."""
-        _check_sampling(temperature, top_k, top_p, min_p)
-        if seed is not None:
-            try:
-                int(seed)
-            except (TypeError, ValueError):
-                raise TypeError(f"seed must be an integer or None, got {seed!r}") from None
+    def _request_tokens(self, prompt, max_tokens) -> np.ndarray:
+        """Check a request's length; its prompt's tokens."""
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)):
             raise TypeError(f"max_tokens must be an integer, got {max_tokens!r}")
         if max_tokens < 0:
@@ -478,19 +456,6 @@ class Engine:
                 f"prompt ({tokens.size} tokens) + max_tokens ({max_tokens}) exceed the context "
                 f"window n_ctx={self.ctx.n_ctx}")
         return tokens
-
-    def _sequence(self, seq_id, prompt, max_tokens, temperature, top_k, top_p, min_p, seed, trace):
-        tokens = self._request_tokens(prompt, max_tokens, temperature, top_k, top_p, min_p, seed)
-        return self._new_sequence(seq_id, tokens, max_tokens, temperature, top_k, top_p, min_p,
-                                  seed, trace)
-
-    def _new_sequence(self, seq_id, tokens, max_tokens, temperature, top_k, top_p, min_p, seed,
-                      trace):
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little")
-        return Sequence(seq_id, tokens, int(max_tokens), self.n_draft if self.drafter else 0,
-                        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                        min_p=float(min_p), seed=int(seed) & 0xFFFFFFFFFFFFFFFF, trace=trace)
 
     def _stage_stats(self):
         from spec.ngram._chain import DrafterChain
@@ -519,9 +484,9 @@ class Engine:
         (tokens a speculative step accepted past it are dropped; the step counters keep them).
         ``trace`` records per-token margins.
         """
+        sampling = Sampling(temperature, top_k, top_p, min_p, seed)
         result = None
-        for piece in self._run(prompt, max_tokens, temperature, top_k, top_p, min_p, seed, stop,
-                               trace, streaming=False):
+        for piece in self._run(prompt, max_tokens, sampling, stop, trace, streaming=False):
             if isinstance(piece, Result):
                 result = piece
         return result
@@ -529,17 +494,17 @@ class Engine:
     def stream(self, prompt, *, max_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                seed=None, stop: Seq[str] = ()) -> Iterator[str]:
         """Yield text pieces as tokens are accepted (same arguments as :meth:`generate`)."""
-        for piece in self._run(prompt, max_tokens, temperature, top_k, top_p, min_p, seed, stop,
-                               False, streaming=True):
+        sampling = Sampling(temperature, top_k, top_p, min_p, seed)
+        for piece in self._run(prompt, max_tokens, sampling, stop, False, streaming=True):
             if isinstance(piece, str):
                 yield piece
 
     @_exclusive
-    def _run(self, prompt, max_tokens, temperature, top_k, top_p, min_p, seed, stop, trace,
-             streaming):
+    def _run(self, prompt, max_tokens, sampling: Sampling, stop, trace, streaming):
         stop = _stop_list(stop)
-        sq = self._sequence(0, prompt, max_tokens, temperature, top_k, top_p, min_p, seed, trace)
+        tokens = self._request_tokens(prompt, max_tokens)
         loop = self._loop(trace)
+        sq = loop.sequence(0, tokens, int(max_tokens), sampling, trace=trace)
         loop.reset_timers()
         stages_before = self._stage_stats()
         loop.start(sq)
@@ -677,16 +642,16 @@ class Engine:
         pending = []
         for i, req in enumerate(requests):
             try:
-                tokens = self._request_tokens(req["prompt"], req["max_tokens"], req["temperature"],
-                                              req["top_k"], req["top_p"], req["min_p"], req["seed"])
+                sampling = Sampling(*(req[k] for k in SAMPLING_KEYS))
+                tokens = self._request_tokens(req["prompt"], req["max_tokens"])
             except (ValueError, TypeError) as e:
                 raise RequestError(i, str(e)) from None
-            pending.append((i, req, tokens))
+            pending.append((i, req, tokens, sampling))
         if order == "longest_first":    # popped from the end: most cells first, ties in input order
             pending.sort(key=lambda p: (p[2].size + p[1]["max_tokens"], -p[0]))
         else:
             pending.reverse()
-        self._fit_kv_cells([tokens.size + req["max_tokens"] for _, req, tokens in pending],
+        self._fit_kv_cells([tokens.size + req["max_tokens"] for _, req, tokens, _ in pending],
                            n_parallel)
         loop = self._loop(False)
         loop.reset_timers()
@@ -700,16 +665,14 @@ class Engine:
         any_stop = any(req["stop"] for req in requests)
         while pending or active:
             while pending and free_slots:
-                i, req, tokens = pending[-1]
+                i, req, tokens, sampling = pending[-1]
                 cells = tokens.size + req["max_tokens"]
                 if cells > n_free_cells:
                     break                   # wait for running requests to free their cells
                 pending.pop()
                 n_free_cells -= cells
                 slot = free_slots.pop()
-                sq = self._new_sequence(slot, tokens, req["max_tokens"], req["temperature"],
-                                        req["top_k"], req["top_p"], req["min_p"], req["seed"],
-                                        False)
+                sq = loop.sequence(slot, tokens, int(req["max_tokens"]), sampling)
                 loop.start(sq, interleave=True)
                 scanner = StopScanner(self.model.token_to_piece, req["stop"])
                 active[slot] = (i, req, sq, scanner, time.perf_counter())

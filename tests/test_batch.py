@@ -196,7 +196,7 @@ def test_longest_requests_start_first(bigram_model_path, reference):
 
 
 @pytest.mark.parametrize("bad, error, message", [
-    ({"prompt": "x", "seed": "abc"}, TypeError, "seed must be an integer"),
+    ({"prompt": "x", "seed": "abc"}, TypeError, "seed must be a 64-bit integer"),
     ({"prompt": "x", "temperature": -1.0}, ValueError, "temperature"),
     ({"prompt": "x", "max_tokens": -2}, ValueError, "max_tokens"),
     ({"prompt": "x " * 600}, ValueError, "exceed the context window"),
