@@ -118,7 +118,6 @@ def metadata_problems(g: GGUFFile) -> list:
     return out
 
 
-
 def borrowed_tensors(path) -> tuple:
     """What the draft model at ``path`` takes from the target model of its context's
     ``ctx_other`` (llama-context.cpp:156): ("token_embd",) and / or ("output",), or ().
@@ -138,6 +137,7 @@ def borrowed_tensors(path) -> tuple:
     if "output.weight" not in names and (arch == "eagle3" or "token_embd.weight" not in names):
         out.append("output")
     return tuple(out)
+
 
 # -- value access --------------------------------------------------------------------------------
 

@@ -633,7 +633,7 @@ cdef class DFlashSession(Session):
         if draft_ctx.ctx_type != "default":
             raise SessionInitError(f"draft context of the wrong type: {draft_ctx.ctx_type!r}")
         _check_vocab(target_ctx, draft_ctx, "the DFlash draft")
-        # Each of the checks below stands for a process abort in llama.cpp (file:line there).
+        # What llama.cpp would abort on (file:line there) or fail at on every draft:
         cdef const llama_model* md = draft_ctx.model.ptr
         cdef const llama_model* mt = target_ctx.model.ptr
         path = draft_ctx.model.path
@@ -642,8 +642,9 @@ cdef class DFlashSession(Session):
             raise SessionInitError(f"DFlash draft {path!r} has no mask token "
                                    f"(tokenizer.ggml.mask_token_id): it cannot build the "
                                    f"noise block it denoises")
-        # The fused features are k rows of the target's width, which the draft's fc reads as k
-        # rows of its own (n_embd_inp_enc = k * n_embd, src/models/dflash.cpp:41)
+        # the fused features are k rows of the target's width, which the draft's fc reads as k
+        # rows of its own (n_embd_inp_enc = k * n_embd, src/models/dflash.cpp:41); a draft
+        # borrowing the target's tensors was refused by Context(ctx_other=...) already
         if llama_model_n_embd(md) != llama_model_n_embd(mt):
             raise SessionInitError(f"DFlash draft {path!r} is {llama_model_n_embd(md)} wide "
                                    f"but the target's hidden states are "
