@@ -23,7 +23,7 @@ from spec._errors import (ClosedError, ContextError, ContextOverflowError, Engin
                           ModelLoadError, NonFiniteLogitsError, SpecError, decode_error)
 from spec._batch import Batch
 from spec._log import refresh_log_level
-from spec._modelfile import check_model_file
+from spec._modelfile import borrowed_tensors, check_model_file
 
 cnp.import_array()
 
@@ -402,6 +402,21 @@ cdef class Model:
 
 # -- Context ------------------------------------------------------------------------------------
 
+def _check_borrowed(Model model, Model other):
+    """ValueError unless the target ``other`` fits the tensors a draft ``model`` borrows from it
+    through ctx_other: llama.cpp asserts at the first graph of a misfit (the context's own
+    reserve), in ggml_mul_mat (ggml.c:3354) for another width, reading past the target's head
+    (ggml-backend.cpp:283) for another vocabulary size."""
+    borrowed = borrowed_tensors(model.path)
+    if borrowed and model.n_embd != other.n_embd:
+        raise ValueError(f"{model.path!r} borrows the {' and '.join(borrowed)} tensors of "
+                         f"ctx_other's model, which is {other.n_embd} wide, but is "
+                         f"{model.n_embd} wide itself")
+    if "output" in borrowed and model.n_vocab != other.n_vocab:
+        raise ValueError(f"{model.path!r} borrows the output head of ctx_other's model, "
+                         f"which has {other.n_vocab} tokens, but has {model.n_vocab} itself")
+
+
 cdef class _LogitsView:
     """Base object of the numpy views over a context's logits: keeps the context alive."""
     cdef Context ctx
@@ -447,6 +462,11 @@ cdef class Context:
         Sequences that can share the context (batched generation).
     seed : int
         Seed for the samplers that draw from this context.
+    ctx_other : Context
+        For an EAGLE-3 or DFlash draft model: the target's context, kept alive by this one. A
+        draft without its own token embeddings or output head uses the target's, so it must
+        be as wide as the target (and, borrowing the head, have as many tokens): ValueError
+        otherwise.
 
     Its methods hold the context's lock, so threads sharing a context take turns.
     """
@@ -510,6 +530,7 @@ cdef class Context:
         params.embeddings = embeddings
         if ctx_other is not None:
             ctx_other.check_open()
+            _check_borrowed(model, ctx_other.model)
         model.lend()        # from here on a close() in another thread defers the free
         if ctx_other is not None:
             ctx_other.lend()

@@ -226,6 +226,7 @@ cdef extern from "llama.h" nogil:
     llama_token llama_vocab_eot(const llama_vocab* vocab)
     llama_token llama_vocab_nl(const llama_vocab* vocab)
     llama_token llama_vocab_pad(const llama_vocab* vocab)
+    llama_token llama_vocab_mask(const llama_vocab* vocab)
     bint llama_vocab_get_add_bos(const llama_vocab* vocab)
     bint llama_vocab_get_add_eos(const llama_vocab* vocab)
 

@@ -118,6 +118,27 @@ def metadata_problems(g: GGUFFile) -> list:
     return out
 
 
+def borrowed_tensors(path) -> tuple:
+    """What the draft model at ``path`` takes from the target model of its context's
+    ``ctx_other`` (llama-context.cpp:156): ("token_embd",) and / or ("output",), or ().
+
+    An EAGLE-3 or DFlash draft without ``token_embd`` embeds with the target's; one without an
+    ``output`` head projects with the target's (a DFlash draft falls back to its own
+    token_embd first: src/models/dflash.cpp, load_arch_tensors).
+    """
+    g = read_gguf(path, max_strings=0)
+    arch = g.kv.get("general.architecture")
+    if arch not in ("eagle3", "dflash"):
+        return ()
+    names = {t.name for t in g.tensors}
+    out = []
+    if "token_embd.weight" not in names:
+        out.append("token_embd")
+    if "output.weight" not in names and (arch == "eagle3" or "token_embd.weight" not in names):
+        out.append("output")
+    return tuple(out)
+
+
 # -- value access --------------------------------------------------------------------------------
 
 def _int(g, key):

@@ -41,6 +41,10 @@ cdef extern from "_llama_ctx_flags.h" nogil:
     void llama_set_embeddings_nextn(llama_context* ctx, bint value, bint masked)
     # LLAMA_API void llama_set_embeddings_layer_inp(struct llama_context * ctx, uint32_t lid, bool value);
     void llama_set_embeddings_layer_inp(llama_context* ctx, uint32_t lid, bint value)
+    # LLAMA_API const int32_t * llama_model_target_layer_ids  (const struct llama_model * model);
+    const int32_t* llama_model_target_layer_ids(const llama_model* model)
+    # LLAMA_API uint32_t        llama_model_target_layer_ids_n(const struct llama_model * model);
+    uint32_t llama_model_target_layer_ids_n(const llama_model* model)
 
 
 def _ctx_extraction(Context ctx):
@@ -599,8 +603,26 @@ cdef class Eagle3Session(Session):
                                    f"of width {int(width)}, but the target's are {n_embd} wide")
 
 
+# Target architectures whose graphs set res->t_layer_inp[n_layer] (the output of the last
+# layer): deepseek4.cpp, mimo2.cpp, nemotron-h.cpp (nemotron_h_moe inherits its graph). Any other
+# target aborts building its next graph when a draft reads layer input n_layer
+# (llama-graph.cpp:1384, GGML_ASSERT(t_layer_inp[il] != nullptr)).
+_LAST_LAYER_INP_ARCHS = ("deepseek4", "mimo2", "nemotron_h", "nemotron_h_moe")
+# Architectures spec runs whose graphs extract no layer inputs at all (gemma3.cpp sets no
+# t_layer_inp): a DFlash draft would abort the target at the same assert.
+_NO_LAYER_INP_ARCHS = ("gemma3",)
+
+
 cdef class DFlashSession(Session):
-    """A DFlash block-diffusion draft model (llama.cpp dflash)."""
+    """A DFlash block-diffusion draft model (llama.cpp draft-dflash).
+
+    The draft context must be created with ``ctx_other=target_ctx``: a converted DFlash draft
+    has no token embeddings or output head of its own and uses the target's. Each draft decodes
+    the block [id_last, mask, ...] in one non-causal pass, so a draft is at most
+    ``dflash.block_size - 1`` tokens (llama.cpp clamps ``n_draft_max`` to that). After every
+    target decode, :meth:`process` injects the hidden states of the target layers named by the
+    draft's ``dflash.target_layers`` into the draft's KV cache.
+    """
     KIND = COMMON_SPECULATIVE_TYPE_DRAFT_DFLASH
 
     def _check_pair(self, Context target_ctx, Context draft_ctx):
@@ -610,3 +632,36 @@ cdef class DFlashSession(Session):
                                    f"architecture {arch!r}")
         if draft_ctx.ctx_type != "default":
             raise SessionInitError(f"draft context of the wrong type: {draft_ctx.ctx_type!r}")
+        _check_vocab(target_ctx, draft_ctx, "the DFlash draft")
+        # What llama.cpp would abort on (file:line there) or fail at on every draft:
+        cdef const llama_model* md = draft_ctx.model.ptr
+        cdef const llama_model* mt = target_ctx.model.ptr
+        path = draft_ctx.model.path
+        if llama_vocab_mask(llama_model_get_vocab(md)) < 0:
+            # not an abort: every noise block would fail to decode and drafts stay empty
+            raise SessionInitError(f"DFlash draft {path!r} has no mask token "
+                                   f"(tokenizer.ggml.mask_token_id): it cannot build the "
+                                   f"noise block it denoises")
+        # the fused features are k rows of the target's width, which the draft's fc reads as k
+        # rows of its own (n_embd_inp_enc = k * n_embd, src/models/dflash.cpp:41); a draft
+        # borrowing the target's tensors was refused by Context(ctx_other=...) already
+        if llama_model_n_embd(md) != llama_model_n_embd(mt):
+            raise SessionInitError(f"DFlash draft {path!r} is {llama_model_n_embd(md)} wide "
+                                   f"but the target's hidden states are "
+                                   f"{llama_model_n_embd(mt)} wide")
+        layers = [int(llama_model_target_layer_ids(md)[i])
+                  for i in range(llama_model_target_layer_ids_n(md))]
+        n_layer = llama_model_n_layer(mt)
+        target_arch = _model_arch(target_ctx.model)
+        if target_arch in _NO_LAYER_INP_ARCHS:
+            raise SessionInitError(f"target architecture {target_arch!r} does not extract "
+                                   f"layer inputs, which a DFlash draft reads")
+        # llama-context.cpp:1240, GGML_ASSERT(lid <= model.hparams.n_layer()) in
+        # common_speculative_init; lid == n_layer: see _LAST_LAYER_INP_ARCHS
+        top = n_layer if target_arch in _LAST_LAYER_INP_ARCHS else n_layer - 1
+        beyond = [lid for lid in layers if not 0 <= lid <= top]
+        if beyond:
+            raise SessionInitError(
+                f"DFlash draft {path!r} reads the input of target layers {beyond} "
+                f"(dflash.target_layers = {layers}), but the {target_arch} target has "
+                f"{n_layer} layers: inputs 0..{top} can be read")

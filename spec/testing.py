@@ -360,3 +360,109 @@ def make_tiny_eagle3(path: str | os.PathLike, *, n_embd_target: int = 64,
     w.close()
     tmp.replace(path)
     return path
+
+
+def make_tiny_dflash(path: str | os.PathLike, *, n_embd: int = 64,
+                     vocab: str | os.PathLike | None = None, target_layers=(1, 2, 3),
+                     n_layer: int = 1, n_head: int = 4, n_head_kv: int = 2, head_dim: int = 16,
+                     n_ff: int = 128, block_size: int = 4, mask_token_id: int | None = 0,
+                     seed: int = 0, std: float = 0.3) -> Path:
+    """Write a tiny random DFlash (block-diffusion) draft GGUF for a target of width ``n_embd``
+    with the same vocabulary, and return the path.
+
+    Laid out as llama.cpp's converter writes a DFlash draft (``DFlashModel`` in
+    ``conversion/qwen.py``, a Qwen3 backbone; ``llama_model_dflash`` in ``src/models/dflash.cpp``
+    loads it): ``fc`` (k·n_embd → n_embd) fuses the k target layers' hidden states and
+    ``enc.output_norm`` normalizes the result, whose per-layer K/V the draft injects into its
+    cache; ``n_layer`` Qwen3 blocks (GQA, per-head q/k norms) denoise the block [id_last,
+    mask, mask, ...] with non-causal attention; ``output_norm``. No ``token_embd`` and no
+    ``output`` (both optional): a DFlash draft shares the target's embeddings and head, which
+    llama.cpp reaches through the draft context's ``ctx_other``, so ``n_embd`` must be the
+    target's width.
+
+    Metadata as converted: ``dflash.target_layers`` holds the target layer *inputs* read (the
+    converter writes Hugging Face's ``target_layer_ids`` + 1; on a llama target each must be
+    below its layer count), ``dflash.block_size`` (a draft is at most block_size - 1 tokens),
+    and ``tokenizer.ggml.mask_token_id`` — the noise token, which llama-spm lacks, so <unk> by
+    default (None: none written, as the converter does for a config without one).
+
+    Weights are N(0, std²), norms 1. At the default std the drafts depend on the target's
+    hidden states; near 0.1 the mask token's embedding dominates and every block drafts the
+    same tokens whatever the context.
+    """
+    from gguf import GGUFValueType, GGUFWriter
+
+    layers = [int(i) for i in target_layers]
+    if not layers:
+        raise ValueError("a DFlash draft reads at least one target layer, got none")
+    if block_size < 2:
+        raise ValueError(f"block_size must be >= 2 (the anchor plus one draft slot), "
+                         f"got {block_size}")
+    vocab = Path(vocab) if vocab is not None else vocab_path()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    E, F, H, Hkv, D = n_embd, n_ff, n_head, n_head_kv, head_dim
+    rng = np.random.default_rng(seed)
+    tmp = path.with_name(path.name + ".tmp")
+    w = GGUFWriter(str(tmp), "dflash")
+    w.add_name(f"tiny-dflash-L{n_layer}-E{E}-seed{seed}")
+    w.add_block_count(n_layer)
+    w.add_context_length(4096)
+    w.add_embedding_length(E)
+    w.add_feed_forward_length(F)
+    w.add_head_count(H)
+    w.add_head_count_kv(Hkv)
+    w.add_key_length(D)
+    w.add_value_length(D)
+    w.add_rope_freq_base(1e6)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_key_value("dflash.block_size", int(block_size), GGUFValueType.UINT32)
+    w.add_key_value("dflash.target_layers", layers, GGUFValueType.ARRAY,
+                    sub_type=GGUFValueType.INT32)
+    n_vocab = 0
+    for key, vtype, sub, value in read_tokenizer_kv(vocab):
+        if key == "tokenizer.ggml.mask_token_id":
+            continue
+        if vtype == _ARRAY_TYPE:
+            w.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=GGUFValueType(sub))
+            if key == "tokenizer.ggml.tokens":
+                n_vocab = len(value)
+        else:
+            w.add_key_value(key, value, GGUFValueType(vtype))
+    if not n_vocab:
+        raise ValueError(f"{vocab}: no tokenizer.ggml.tokens")
+    if mask_token_id is not None:
+        if not 0 <= mask_token_id < n_vocab:
+            raise ValueError(f"mask_token_id must be a token id in [0, {n_vocab}), "
+                             f"got {mask_token_id}")
+        w.add_key_value("tokenizer.ggml.mask_token_id", int(mask_token_id),
+                        GGUFValueType.UINT32)
+    w.add_vocab_size(n_vocab)
+
+    def mat(name, rows, cols):     # numpy shape (rows, cols) = ggml (cols, rows)
+        w.add_tensor(name, rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(std))
+
+    def vec(name, n):
+        w.add_tensor(name, np.ones(n, dtype=np.float32))
+
+    mat("fc.weight", E, len(layers) * E)
+    vec("enc.output_norm.weight", E)
+    vec("output_norm.weight", E)
+    for i in range(n_layer):
+        vec(f"blk.{i}.attn_norm.weight", E)
+        mat(f"blk.{i}.attn_q.weight", H * D, E)
+        mat(f"blk.{i}.attn_k.weight", Hkv * D, E)
+        mat(f"blk.{i}.attn_v.weight", Hkv * D, E)
+        mat(f"blk.{i}.attn_output.weight", E, H * D)
+        vec(f"blk.{i}.attn_q_norm.weight", D)
+        vec(f"blk.{i}.attn_k_norm.weight", D)
+        vec(f"blk.{i}.ffn_norm.weight", E)
+        mat(f"blk.{i}.ffn_gate.weight", F, E)
+        mat(f"blk.{i}.ffn_up.weight", F, E)
+        mat(f"blk.{i}.ffn_down.weight", E, F)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.replace(path)
+    return path

@@ -290,6 +290,7 @@ BIGRAM = _need({bigram!r}, spec.testing.make_tiny_llama, **{bigram_kw!r})
 MTP = _need({mtp!r}, spec.testing.make_tiny_qwen35_mtp, seed=5)
 TGT4 = _need({tgt4!r}, spec.testing.make_tiny_llama, seed=2, n_layer=4)
 EAGLE3 = _need({eagle3!r}, spec.testing.make_tiny_eagle3, n_embd_target=64)
+DFLASH = _need({dflash!r}, spec.testing.make_tiny_dflash, target_layers=(1, 2, 3))
 TMP = {tmp!r}
 
 
@@ -307,6 +308,7 @@ bigram = spec.Model(BIGRAM)
 mtp_model = spec.Model(MTP, load_mtp=True)
 tgt4 = spec.Model(TGT4)
 eagle3 = spec.Model(EAGLE3)
+dflash = spec.Model(DFLASH)
 '''
 
 
@@ -315,7 +317,8 @@ def setup_code(tmp_path_factory, tiny_model_path, bigram_model_path):
     d = tmp_path_factory.mktemp("fuzz")
     return SETUP.format(tiny=str(tiny_model_path), tiny_kw=TINY, bigram=str(bigram_model_path),
                         bigram_kw=BIGRAM, mtp=str(d / "mtp.gguf"), tgt4=str(d / "tgt4.gguf"),
-                        eagle3=str(d / "eagle3.gguf"), tmp=str(d / "files"))
+                        eagle3=str(d / "eagle3.gguf"), dflash=str(d / "dflash.gguf"),
+                        tmp=str(d / "files"))
 
 
 @pytest.fixture(scope="module")
@@ -639,7 +642,8 @@ def engine_step(draw, e="eng"):
 
 
 def _engine_ctor(draw, model_expr):
-    drafter = draw(st.sampled_from(MODEL_FREE + [None, "none", "draft", "mtp", "eagle3"]))
+    drafter = draw(st.sampled_from(MODEL_FREE + [None, "none", "draft", "mtp", "eagle3",
+                                                 "dflash"]))
     params = {}
     owner = model_expr
     if drafter == "draft":
@@ -647,9 +651,9 @@ def _engine_ctor(draw, model_expr):
     elif drafter == "mtp":
         owner = "mtp_model"
         params = {"n_rs_seq": lit(draw(st.sampled_from([0, 0, 2])))}
-    elif drafter == "eagle3":
+    elif drafter in ("eagle3", "dflash"):
         owner = "tgt4"
-        params = {"draft_model": V("eagle3")}
+        params = {"draft_model": V(drafter)}
     kw = {"drafter": lit(drafter), "n_ctx": lit(draw(st.sampled_from([64, 128, 256, 512]))),
           "n_threads": lit(1)}
     if draw(st.booleans()):
@@ -889,11 +893,12 @@ def _session_pair(kind: str, n_seq: int, rs: int) -> list:
                 (f"cd = spec.Context(mtp_model, n_ctx=256, n_threads=1, n_seq_max={n_seq}, "
                  f"ctx_type='mtp')", False)]
     return [(f"ct = spec.Context(tgt4, n_ctx=256, n_threads=1, n_seq_max={n_seq})", False),
-            (f"cd = spec.Context(eagle3, n_ctx=256, n_threads=1, n_seq_max={n_seq}, "
+            (f"cd = spec.Context({kind}, n_ctx=256, n_threads=1, n_seq_max={n_seq}, "
              f"ctx_other=ct)", False)]
 
 
-CLS = {"draft": "DraftModelSession", "mtp": "MtpSession", "eagle3": "Eagle3Session"}
+CLS = {"draft": "DraftModelSession", "mtp": "MtpSession", "eagle3": "Eagle3Session",
+       "dflash": "DFlashSession"}
 
 
 @st.composite
@@ -937,7 +942,7 @@ def session_step(draw):
 
 @st.composite
 def session_program(draw):
-    kind = draw(st.sampled_from(["draft", "draft", "mtp", "mtp", "eagle3"]))
+    kind = draw(st.sampled_from(["draft", "draft", "mtp", "mtp", "eagle3", "dflash"]))
     n_seq = draw(st.sampled_from([1, 1, 2]))
     prog = [stream_def(draw)] + _session_pair(kind, n_seq, draw(st.sampled_from([0, 0, 2])))
     kw = draw(some_kwargs(n_min=weighted(vals(0, 1), odd_ints),
@@ -959,13 +964,13 @@ def test_session_protocol(worker, program):
 
 @st.composite
 def session_ctor_program(draw):
-    kind = draw(st.sampled_from(["draft", "mtp", "eagle3"]))
+    kind = draw(st.sampled_from(["draft", "mtp", "eagle3", "dflash"]))
     prog = [stream_def(draw)] + _session_pair(kind, 1, 0)
     extra = [("c2 = spec.Context(model, n_ctx=64, n_threads=1, n_seq_max=2)", False),
              ("cm = spec.Context(mtp_model, n_ctx=64, n_threads=1, ctx_type='mtp')", False)]
     prog += draw(st.lists(st.sampled_from(extra), max_size=2, unique=True))
     ctx_v = st.sampled_from(["ct", "cd", "c2", "cm", "None", "model", "1"]).map(V)
-    cls = draw(st.sampled_from(list(CLS.values()) + ["DFlashSession", "Session"]))
+    cls = draw(st.sampled_from(list(CLS.values()) + ["Session"]))
     args = [draw(weighted(vals(V("ct")), ctx_v, n=2)), draw(weighted(vals(V("cd")), ctx_v, n=2)),
             draw(weighted(vals(1), st.one_of(vals(0, 2, 256, 257), odd_scalar))),
             draw(weighted(vals(4), st.one_of(vals(0, 65535, 65536), odd_scalar)))]

@@ -5,8 +5,9 @@ equal to plain greedy. MTP: a tiny qwen35 (hybrid: gated-delta-net + attention) 
 NextN block, through both recurrent paths (checkpoint/replay and n_rs_seq rollback): random heads
 accept nothing, so the tests check drafts were made, stats count them and the output is the
 plain greedy one. EAGLE-3: a 4-layer llama target and a random 1-layer eagle3 draft, the same
-checks. DFlash: no tiny DFlash draft is synthesized yet (its architecture and metadata were not
-reproduced here), so only its init checks are tested.
+checks. DFlash: the same target and a random 1-layer DFlash draft (spec.testing.make_tiny_dflash)
+reading three target layers' inputs, the same checks by hand and through Engine; drafts that do
+not fit their target are refused before llama.cpp would abort.
 """
 from __future__ import annotations
 
@@ -337,11 +338,179 @@ def test_eagle3_and_dflash_refuse_other_models(eagle3_pair, pair):
     not_eagle = Context(Model(pair[1]), n_ctx=128)
     with pytest.raises(SessionInitError, match="not an EAGLE-3 model"):
         spec.Eagle3Session(ct, not_eagle, 1, 3)
-    # No DFlash draft is synthesized (see the module notes): its init checks still must hold.
     with pytest.raises(SessionInitError, match="not a DFlash model"):
         spec.DFlashSession(ct, not_eagle, 1, 3)
     with pytest.raises(ValueError, match="draft_model"):
         Engine(tgt, drafter="dflash", n_ctx=128)
+
+
+# -- DFlash (the 4-layer llama target + a 1-layer dflash draft) ---------------------------------
+
+@pytest.fixture(scope="module")
+def dflash_pair(eagle3_pair, tmp_path_factory, vocab_path):
+    """The EAGLE-3 tests' target and a DFlash draft reading the inputs of its layers 1..3 with
+    blocks of 4 (drafts of at most 3 tokens)."""
+    dft = spec.testing.make_tiny_dflash(tmp_path_factory.mktemp("dflash") / "dflash.gguf",
+                                        vocab=vocab_path("llama-spm"), target_layers=(1, 2, 3),
+                                        block_size=4)
+    return eagle3_pair[0], dft
+
+
+@pytest.fixture(scope="module")
+def plain_dflash(dflash_pair):
+    with Engine(dflash_pair[0], drafter=None, n_ctx=256) as e:
+        return e.generate(PROMPT, max_tokens=24, trace=True)
+
+
+def dflash_contexts(pair, n_ctx=256):
+    """A target context and a DFlash draft context borrowing its embeddings and head."""
+    ct = Context(Model(pair[0]), n_ctx=n_ctx)
+    return ct, Context(Model(pair[1]), n_ctx=n_ctx, ctx_other=ct)
+
+
+@pytest.mark.parametrize("n_draft", [3, 8], ids=["within-block", "clamped-to-block"])
+def test_dflash_engine(dflash_pair, plain_dflash, n_draft):
+    """Drafts are made and counted, the output is plain greedy's (random draft: nothing is
+    accepted), and no draft is longer than block_size - 1 = 3 whatever n_draft asks."""
+    tgt, dft = dflash_pair
+    with Engine(tgt, drafter="dflash", n_draft=n_draft, n_ctx=256,
+                drafter_params={"draft_model": dft}) as e:
+        assert isinstance(e.drafter, spec.DFlashSession)
+        assert not e.drafter.need_embd() and not e.drafter.need_embd_pre_norm()
+        assert e.drafter.need_embd_layers() == (1, 2, 3)    # the draft's dflash.target_layers
+        assert e.draft_ctx.ctx_other is e.ctx
+        r = e.generate(PROMPT, max_tokens=24)
+        st = e.drafter.stats()
+    assert_lossless(plain_dflash, r)
+    assert r.stats.n_drafted > 0 and st["drafted"] == r.stats.n_drafted
+    assert st["accepted"] == r.stats.n_accepted
+    assert st["drafted"] <= 3 * st["calls"]
+    assert st["process_calls"] == 1 + r.stats.n_steps
+
+
+def test_dflash_engine_batch(dflash_pair):
+    """Three sequences in one verify batch: process() injects each sequence's rows into its
+    own part of the draft cache; the engine, built for one sequence, rebuilds both contexts
+    (the new draft context borrowing from the new target context)."""
+    tgt, dft = dflash_pair
+    with Engine(tgt, drafter=None, n_ctx=256) as e:
+        plain = [e.generate(p, max_tokens=16, trace=True) for p in BATCH]
+    with Engine(tgt, drafter="dflash", n_draft=3, n_ctx=256,
+                drafter_params={"draft_model": dft}) as e:
+        results = e.generate_batch(BATCH, n_parallel=3, max_tokens=16)
+        assert e.ctx.n_seq_max == 3 and e.draft_ctx.n_seq_max == 3
+        assert e.draft_ctx.ctx_other is e.ctx and e.drafter.target_ctx is e.ctx
+    for p, r in zip(plain, results):
+        assert_lossless(p, r)
+        assert r.stats.n_drafted > 0
+
+
+def test_dflash_session_by_hand(dflash_pair):
+    from spec._sessions import _ctx_extraction
+    ct, cd = dflash_contexts(dflash_pair)
+    s = spec.DFlashSession(ct, cd, 1, 3)
+    assert (s.need_embd(), s.need_embd_pre_norm(), s.need_embd_layers()) == (False, False,
+                                                                             (1, 2, 3))
+    assert _ctx_extraction(ct)["layers"] == (1, 2, 3)
+    prompt = ct.model.tokenize(PROMPT)
+    ct.decode(prompt)
+    s.process()
+    assert cd.kv_pos_max(0) == len(prompt) - 1     # one injected row per target position
+    s.begin(0, prompt)
+    id_last = _greedy_argmax(ct)
+    out = [id_last] + greedy_by_hand(s, ct, len(prompt), id_last, 15, nonempty=True)
+    ref, _, _ = ct.generate_greedy(prompt, 16, stop_at_eog=False)
+    assert out[:16] == ref.tolist()
+    st = s.stats()
+    assert st["drafted"] == 3 * st["calls"] > 0     # p_min = 0: every block is read whole
+    assert st["process_calls"] == st["calls"] + 1
+
+
+def test_dflash_drafts_read_the_target(dflash_pair):
+    """The same token at the same position drafts differently after different contexts: the
+    drafts come from the target's injected hidden states, not from the token alone."""
+    drafts = set()
+    for text in BATCH:
+        ct, cd = dflash_contexts(dflash_pair, n_ctx=64)
+        s = spec.DFlashSession(ct, cd, 1, 3)
+        toks = ct.model.tokenize(text)[:8]
+        ct.decode(toks)
+        s.process()
+        drafts.add(tuple(s.draft(0, len(toks), 100).tolist()))
+    assert len(drafts) > 1, drafts
+
+
+DFLASH_MISFITS = """
+import sys
+import spec.testing
+from spec import Context, DFlashSession, Model
+target, vocab, bpe, out = sys.argv[1:5]
+cases = {
+    "last layer": dict(target_layers=(1, 2, 4)),   # input 4 = n_layer: a llama graph lacks it
+    "beyond": dict(target_layers=(1, 2, 5)),
+    "width": dict(n_embd=32, n_head=2),
+    "vocabulary": dict(vocab=bpe),
+    "no mask": dict(mask_token_id=None),
+}
+ct = Context(Model(target), n_ctx=64)
+for name, kwargs in cases.items():
+    path = spec.testing.make_tiny_dflash(f"{out}/{name}.gguf", **{"vocab": vocab, **kwargs})
+    try:
+        s = DFlashSession(ct, Context(Model(path), n_ctx=64, ctx_other=ct), 1, 3)
+        ct.decode(ct.model.tokenize("Hello world"))
+        s.process()
+        print(name, "-> ran", s.draft(0, 3, 5), flush=True)
+    except Exception as e:
+        print(name, "->", type(e).__name__, e, flush=True)
+"""
+
+
+def test_dflash_draft_that_does_not_fit_its_target(dflash_pair, tmp_path, vocab_path):
+    """Each of these aborts the process in llama.cpp: a layer input the target's graph lacks
+    (llama-graph.cpp:1384) or one past its layers (llama-context.cpp:1240), another width
+    (ggml.c:3354), another vocabulary size (ggml-backend.cpp:283); a draft without a mask
+    token drafts nothing, ever. spec refuses each with an exception naming the problem (run
+    in a child process, which an abort would kill)."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", DFLASH_MISFITS, str(dflash_pair[0]),
+                        str(vocab_path("llama-spm")), str(vocab_path("llama-bpe")),
+                        str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = dict(line.split(" -> ", 1) for line in r.stdout.splitlines() if " -> " in line)
+    expected = {
+        "last layer": "SessionInitError DFlash draft", "beyond": "SessionInitError DFlash draft",
+        "width": "ValueError", "vocabulary": "ValueError", "no mask": "SessionInitError",
+    }
+    for name, start in expected.items():
+        assert got.get(name, "").startswith(start), (name, got.get(name), r.stderr[-2000:])
+    assert "target layers [4]" in got["last layer"] and "inputs 0..3" in got["last layer"]
+    assert "target layers [5]" in got["beyond"]
+    assert "32 wide" in got["width"] and "64 wide" in got["width"]
+    assert "output head" in got["vocabulary"]
+    assert "mask token" in got["no mask"]
+
+
+def test_dflash_refuses_a_gemma3_target(default_model_path, tmp_path):
+    """Gemma-3's graph extracts no layer inputs: llama.cpp would abort the target's next
+    decode (llama-graph.cpp:1384); the session refuses (in a child process, as above)."""
+    code = """
+import sys
+import spec.testing
+from spec import Context, DFlashSession, Model
+ct = Context(Model(sys.argv[1]), n_ctx=64)
+path = spec.testing.make_tiny_dflash(sys.argv[2], vocab=sys.argv[1], n_embd=ct.model.n_embd,
+                                     target_layers=(1, 2))
+try:
+    DFlashSession(ct, Context(Model(path), n_ctx=64, ctx_other=ct), 1, 3)
+except Exception as e:
+    print("refused:", type(e).__name__, e)
+"""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code, str(default_model_path),
+                        str(tmp_path / "g3.gguf")], cwd=root, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "refused: SessionInitError target architecture 'gemma3'" in r.stdout, r.stdout
 
 
 # -- the reference's session contracts ---------------------------------------------------------
