@@ -303,7 +303,8 @@ class Engine:
         CPU some sizes cost less than smaller ones), so speculation that does not pay falls
         back to plain decoding.
     n_draft_max : int
-        Upper bound on the draft length with ``n_draft="auto"``.
+        Upper bound on the draft length with ``n_draft="auto"`` (default 64, or ``n_batch - 1``
+        if smaller: one verify batch holds a draft and the token before it).
     draft_cost : float
         Prior verify cost of one drafted token in plain decode steps, used until batch sizes
         have been measured and for sizes not measured lately.
@@ -316,7 +317,9 @@ class Engine:
         Extra constructor arguments for a drafter given by name.
     """
 
-    def __init__(self, model, drafter="suffix", *, n_draft="auto", n_draft_max=64,
+    N_DRAFT_MAX = 64        # the default bound of "auto" drafts
+
+    def __init__(self, model, drafter="suffix", *, n_draft="auto", n_draft_max=None,
                  draft_cost=0.43, n_ctx=None, n_batch=512, n_threads=None, n_parallel=1,
                  n_gpu_layers=0, drafter_params=None):
         session_kind = drafter if isinstance(drafter, str) and drafter in SESSION_DRAFTERS else None
@@ -331,6 +334,9 @@ class Engine:
                                n_gpu_layers=n_gpu_layers)
         if n_draft == "auto":
             self.auto_draft = True
+            if n_draft_max is None:
+                n_draft_max = (min(self.N_DRAFT_MAX, n_batch - 1)
+                               if isinstance(n_batch, (int, np.integer)) else self.N_DRAFT_MAX)
             self.n_draft = int(n_draft_max)
         elif isinstance(n_draft, (int, np.integer)) and not isinstance(n_draft, bool):
             self.auto_draft = False
@@ -340,6 +346,10 @@ class Engine:
         if self.n_draft <= 0:
             name = "n_draft_max" if self.auto_draft else "n_draft"
             raise ValueError(f"{name} must be > 0, got {self.n_draft}")
+        if isinstance(n_batch, (int, np.integer)) and self.n_draft >= n_batch:
+            name = "n_draft_max" if self.auto_draft else "n_draft"
+            raise ValueError(f"{name}={self.n_draft} must be < n_batch={n_batch}: one verify "
+                             f"batch holds a draft and the token before it")
         _check_n_parallel(n_parallel)
         if not draft_cost >= 0:
             raise ValueError(f"draft_cost must be >= 0, got {draft_cost}")

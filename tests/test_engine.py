@@ -395,6 +395,8 @@ def test_a_closed_engine_refuses_work(tiny_model):
     (dict(n_parallel=1.5), TypeError, "n_parallel must be an integer"),
     (dict(n_draft_max=0), ValueError, "n_draft_max must be > 0"),
     (dict(n_draft=0), ValueError, "n_draft must be > 0"),
+    (dict(n_draft=2**31 - 1), ValueError, "n_draft=2147483647 must be < n_batch=512"),
+    (dict(n_draft_max=64, n_batch=64), ValueError, "n_draft_max=64 must be < n_batch=64"),
 ])
 def test_bad_engine_arguments_are_named(tiny_model, kwargs, error, message):
     with pytest.raises(error, match=message):
