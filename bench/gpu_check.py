@@ -57,12 +57,27 @@ def verify_cost(model) -> dict[int, float]:
     return cost
 
 
+def _checked(name, plain_runs, results, elapsed, plain_s, failures) -> tuple:
+    """A summary row for one configuration; a clear divergence from plain greedy is a failure."""
+    drafted = sum(r.stats.n_drafted for r in results)
+    accepted = sum(r.stats.n_accepted for r in results)
+    bad = [(i, first_divergence(plain_runs[i], r)) for i, r in enumerate(results)]
+    bad = [(i, j) for i, j in bad if j is not None]
+    status = "ok" if not bad else f"DIVERGES (prompt {bad[0][0]}, token {bad[0][1]})"
+    if bad:
+        failures.append(f"{name}: {status}")
+    return (name, elapsed, sum(len(r.tokens) for r in results), plain_s / elapsed,
+            f"{accepted / drafted:.0%}" if drafted else "-", status)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--n-gpu-layers", type=int, default=-1)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--drafters", default="",
+                        help="';'-separated drafter names (default: every drafter)")
     parser.add_argument("--allow-cpu", action="store_true",
                         help="run on a build without a GPU backend (nothing is offloaded)")
     args = parser.parse_args()
@@ -90,29 +105,38 @@ def main() -> int:
         plain_s = time.perf_counter() - t0
     n_tokens = sum(len(r.tokens) for r in plain_runs.values())
     rows.append(("plain", plain_s, n_tokens, 1.0, "-", "ok"))
-    for drafter in DRAFTERS:
+    for drafter in args.drafters.split(";") if args.drafters else DRAFTERS:
         with spec.Engine(model, drafter=drafter, n_ctx=4096) as engine:
             engine.generate(prompts[0], max_tokens=8)
             t0 = time.perf_counter()
             results = [engine.generate(p, max_tokens=args.max_tokens) for p in prompts]
             elapsed = time.perf_counter() - t0
-        drafted = sum(r.stats.n_drafted for r in results)
-        accepted = sum(r.stats.n_accepted for r in results)
-        bad = [(i, first_divergence(plain_runs[i], r)) for i, r in enumerate(results)]
-        bad = [(i, j) for i, j in bad if j is not None]
-        status = "ok" if not bad else f"DIVERGES (prompt {bad[0][0]}, token {bad[0][1]})"
-        if bad:
-            failures.append(f"{drafter}: {status}")
-        rows.append((drafter, elapsed, sum(len(r.tokens) for r in results), plain_s / elapsed,
-                     f"{accepted / drafted:.0%}" if drafted else "-", status))
+        rows.append(_checked(drafter, plain_runs, results, elapsed, plain_s, failures))
+    # A batch job (n_parallel sequences per decode) against the same plain outputs.
+    with spec.Engine(model, drafter="suffix", n_ctx=4096) as engine:
+        t0 = time.perf_counter()
+        batch = engine.generate_batch(prompts, n_parallel=min(4, len(prompts)),
+                                      max_tokens=args.max_tokens)
+        elapsed = time.perf_counter() - t0
+    rows.append(_checked("batch (suffix)", plain_runs, batch, elapsed, plain_s, failures))
+    # A draft-model session, the draft model offloaded too (the target drafting for itself:
+    # any model is a valid draft of itself, and its drafts are mostly accepted).
+    draft = spec.Model(model.path, n_gpu_layers=args.n_gpu_layers)
+    with spec.Engine(model, drafter="draft", n_draft=8, n_ctx=4096,
+                     drafter_params={"draft_model": draft}) as engine:
+        t0 = time.perf_counter()
+        results = [engine.generate(p, max_tokens=args.max_tokens) for p in prompts]
+        elapsed = time.perf_counter() - t0
+    rows.append(_checked("draft model", plain_runs, results, elapsed, plain_s, failures))
+    draft.close()
     cost = verify_cost(model)
     model.close()
 
     print(f"\n{args.prompts} code-rewrite prompts x {args.max_tokens} tokens, greedy, "
           f"n_gpu_layers={args.n_gpu_layers}")
-    print(f"{'drafter':<14}{'time s':>9}{'tokens':>8}{'speedup':>9}{'accept':>8}  lossless")
+    print(f"{'drafter':<16}{'time s':>9}{'tokens':>8}{'speedup':>9}{'accept':>8}  lossless")
     for name, s, n, speedup, acc, status in rows:
-        print(f"{name:<14}{s:>9.2f}{n:>8}{speedup:>8.2f}x{acc:>8}  {status}")
+        print(f"{name:<16}{s:>9.2f}{n:>8}{speedup:>8.2f}x{acc:>8}  {status}")
     print("\nverify cost by rows (one decode, all logits): " + ", ".join(
         f"{k}: {cost[k] * 1e3:.2f} ms ({cost[k] / cost[1]:.2f}x)" for k in ROWS))
     if failures:
