@@ -603,6 +603,18 @@ cdef class Context:
         self.check_open()
         return llama_n_threads(self.ptr)
 
+    # llama.cpp keeps a context's outputs in host memory whatever the backend: the CPU buffer
+    # type, or the host (pinned) buffer type of the device holding the output layer
+    # (src/llama-context.cpp:2194-2200 at this pin), filled from the device after each decode
+    # (:1948). The verification kernels read them there.
+    logits_on_host = True
+
+    @property
+    def logits_bytes_per_row(self):
+        """Bytes of logits one output row holds (n_vocab float32): what a device backend copies
+        to the host per verified row, e.g. 1 MiB for a 262k-token vocabulary."""
+        return self.n_vocab * 4
+
     # -- C level ---------------------------------------------------------------------------------
 
     cdef void batch_clear(self) noexcept nogil:
