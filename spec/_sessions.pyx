@@ -68,6 +68,14 @@ cdef class Session(Drafter):
     ``Session(target_ctx, draft_ctx, n_seq, n_draft_max, *, n_min=0, p_min=0.0)``. Use a
     subclass: :class:`DraftModelSession`, :class:`MtpSession`, :class:`Eagle3Session`,
     :class:`DFlashSession`.
+
+    Driven by hand: ``process`` after every target decode, ``draft``, verify, ``accept`` (see
+    :mod:`spec.sessions`). On a recurrent or hybrid target (``target_ctx.recurrent``, no
+    rollback depth ``n_rs_seq``) a rejected draft cannot be dropped from the target's memory:
+    call ``target_ctx.checkpoint_save(seq)`` before each verify decode and, when the draft was
+    partly rejected, ``target_ctx.checkpoint_restore(seq)`` (the state at n_past) then decode
+    and ``process`` the replay ``[id_last, *accepted]`` at n_past, as the engine does.
+    A session may be one stage of a :class:`spec.DrafterChain`.
     """
     KIND = None
 

@@ -376,7 +376,7 @@ class Engine:
                  draft_cost=0.43, n_ctx=None, n_batch=512, n_threads=None, n_parallel=1,
                  n_gpu_layers=0, drafter_params=None):
         items = _chain_items(drafter)
-        in_chain = [n for n in items if isinstance(n, str) and n in SESSION_DRAFTERS] if items else []
+        in_chain = [n for n in items or () if isinstance(n, str) and n in SESSION_DRAFTERS]
         if len(in_chain) > 1:
             raise ValueError(f"a drafter chain holds at most one model-based stage, got "
                              f"{', '.join(map(repr, in_chain))}")

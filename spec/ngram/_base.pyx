@@ -4,7 +4,8 @@ The Python methods hold the drafter's lock (threads sharing a drafter take turns
 EngineBusyError while an engine's generation holds the drafter (see ``_hold``).
 
 Subclasses override the underscore hooks (``_reserve``, ``_begin``, ``_draft``, ``_accept``,
-``_follow``, ``_end``); the public C-level methods keep the per-sequence bookkeeping in one place.
+``_follow``, ``_end``); the public C-level methods keep the per-sequence bookkeeping in one
+place.
 """
 from libc.stdlib cimport free, realloc
 from libc.string cimport memset
