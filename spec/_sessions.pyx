@@ -304,8 +304,9 @@ cdef class Session(Drafter):
         # mirrored left its rejected rows here (this session drafted nothing to accept). The
         # reference trims the draft context with the target's memory whoever drafted:
         # llama.cpp's server (tools/server/server-context.cpp) removes positions past the
-        # target's from ctx_dft before each verify and slot.mem.seq_rm drops the rejected ones
-        # from both contexts; ik_llama.cpp's common_speculative_trim_sequence does both at once.
+        # target's from ctx_dft before each verify, and slot.mem.seq_rm (common_memory,
+        # common/common.h) drops the rejected ones from both contexts; ik_llama.cpp's
+        # common_speculative_trim_sequence trims both at once.
         llama_memory_seq_rm(llama_get_memory(self.draft_ctx.ptr), seq, <pos_t> n_history, -1)
         # The history grows by the accepted tokens between calls: append, don't copy it all.
         if <Py_ssize_t> p.size() > n_history:

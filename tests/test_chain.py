@@ -336,6 +336,26 @@ def test_at_most_one_model_stage(pair, mtp_paths):
         spec.DrafterChain([sessions[1]])
 
 
+@pytest.mark.parametrize("n_draft", [3, "auto"])
+def test_an_eagle3_stage(tmp_path_factory, vocab_path, n_draft):
+    """EAGLE-3 picks the hidden-state row its next draft starts from by every step's accepted
+    count, the n-gram stage's steps too (a random EAGLE-3 head accepts nothing here)."""
+    from conftest import BIGRAM
+    d = tmp_path_factory.mktemp("chain_eagle3")
+    vocab = vocab_path("llama-spm")
+    target = spec.testing.make_tiny_llama(d / "tgt4.gguf", vocab=vocab, n_layer=4, **BIGRAM)
+    eagle3 = spec.testing.make_tiny_eagle3(d / "e3.gguf", n_embd_target=64, vocab=vocab)
+    with Engine(target, drafter=None, n_ctx=N_CTX, n_threads=1) as engine:
+        plain = engine.generate(PROMPTS[0], max_tokens=N_GEN).tokens
+    with model_chain(target, eagle3, drafter="ngram-simple,eagle3", n_draft=n_draft) as engine:
+        assert isinstance(engine.drafter.session, spec.Eagle3Session)
+        r = engine.generate(PROMPTS[0], max_tokens=N_GEN)
+    np.testing.assert_array_equal(r.tokens, plain)
+    ngram, eagle = r.stats.stages
+    assert ngram["n_gen_drafts"] > 0 and eagle["n_gen_drafts"] > 0, r.stats.format()
+    assert ngram["n_acc_tokens"] + eagle["n_acc_tokens"] == r.stats.n_accepted
+
+
 # -- MTP stages (a tiny hybrid qwen35 target, with and without its NextN block) -----------------
 
 @pytest.fixture(scope="module")
@@ -348,18 +368,28 @@ def mtp_paths(tmp_path_factory, vocab_path):
 
 @pytest.mark.parametrize("n_rs_seq", [0, 3], ids=["checkpoint", "rollback"])
 def test_an_mtp_stage_on_a_hybrid_target(mtp_paths, n_rs_seq):
+    """MTP after a stage whose drafts lose their last token: the hybrid target restores its
+    checkpoint and replays the accepted tokens (or rolls back), the MTP head hears every step's
+    count (its next draft starts from that row), and the output stays plain greedy's (random
+    heads accept next to nothing)."""
     with Engine(mtp_paths[0], drafter=None, n_ctx=256) as engine:
-        plain = [engine.generate(p, max_tokens=48).tokens for p in PROMPTS]
-    with Engine(mtp_paths[0], drafter="ngram-simple,mtp", n_draft=3, n_ctx=256,
-                drafter_params={"n_rs_seq": n_rs_seq}) as engine:
+        plain = engine.generate(PROMPTS[0], max_tokens=48).tokens
+    model = spec.Model(mtp_paths[0], load_mtp=True)
+    stream = np.concatenate([model.tokenize(PROMPTS[0]), plain]).astype(np.int32)
+    with Engine(model, drafter=[PartlyWrong(stream, model.n_vocab), "mtp"], n_draft=3,
+                n_ctx=256, drafter_params={"n_rs_seq": n_rs_seq}) as engine:
         assert engine.ctx.recurrent and engine.ctx.n_rs_seq == n_rs_seq
         assert isinstance(engine.drafter.session, spec.MtpSession)
-        results = [engine.generate(p, max_tokens=48) for p in PROMPTS]
-        stats = engine.drafter.stage_stats()
-    for r, want in zip(results, plain):
-        np.testing.assert_array_equal(r.tokens, want)
-    assert stats[1]["n_gen_drafts"] > 0
-    assert sum(s["n_acc_tokens"] for s in stats) == sum(r.stats.n_accepted for r in results)
+        r = engine.generate(PROMPTS[0], max_tokens=48)
+        st = engine.drafter.session.stats()
+    np.testing.assert_array_equal(r.tokens, plain)
+    wrong, mtp = r.stats.stages
+    assert wrong["n_gen_drafts"] >= 5 and mtp["n_gen_drafts"] > 0, r.stats.format()
+    assert wrong["n_acc_tokens"] == wrong["n_gen_tokens"] - wrong["n_gen_drafts"]
+    assert wrong["n_acc_tokens"] + mtp["n_acc_tokens"] == r.stats.n_accepted
+    assert st["calls"] == mtp["n_call_draft"]
+    n_replays = st["process_calls"] - 1 - r.stats.n_steps    # a processed replay each
+    assert n_replays >= wrong["n_gen_drafts"] if n_rs_seq == 0 else n_replays == 0
 
 
 def test_an_mtp_stage_without_nextn_layers_is_dropped(mtp_paths, caplog):
