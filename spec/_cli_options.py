@@ -45,8 +45,9 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     from spec.engine import drafter_names
     p.add_argument("--drafter", default="none", type=_drafter,
                    help=f"drafting method (default: none = plain decoding): one of "
-                        f"{', '.join(drafter_names())}, or a chain of model-free ones tried in "
-                        f"order, e.g. suffix,ngram-mod")
+                        f"{', '.join(drafter_names())}, or a chain of them tried in order "
+                        f"(at most one model-based stage, typically last), e.g. "
+                        f"suffix,ngram-mod or ngram-mod,draft")
     p.add_argument("--n-draft", type=_n_draft, default="auto", help="draft length or 'auto'")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")

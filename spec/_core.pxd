@@ -41,6 +41,7 @@ cdef class Context(Handle):
     cdef readonly bint recurrent  # the model has recurrent layers (recurrent or hybrid memory)
     cdef readonly Context ctx_other  # the context this one reads (EAGLE-3 / MTP draft contexts)
     cdef vector[vector[uint8_t]] ckpts  # per-sequence checkpoint (recurrent state before a verify)
+    cdef vector[pos_t] ckpt_next  # per sequence: positions held at checkpoint_save (-1: none)
 
     cdef object nonfinite_error(self)   # NonFiniteLogitsError naming the model
 

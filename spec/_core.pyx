@@ -559,6 +559,7 @@ cdef class Context:
         self.n_rs_seq = llama_n_rs_seq(self.ptr)
         self.recurrent = llama_model_is_recurrent(model.ptr) or llama_model_is_hybrid(model.ptr)
         self.ckpts.resize(self.n_seq_max)
+        self.ckpt_next.assign(self.n_seq_max, -1)
 
     def __dealloc__(self):
         self.free()
@@ -836,6 +837,47 @@ cdef class Context:
             with gil:
                 raise SpecError(f"could not restore the state of sequence {seq} (checkpoint)")
         return 0
+
+    @_one_thread_at_a_time
+    def checkpoint_save(self, int seq_id=0):
+        """Save ``seq_id``'s state before a verify decode whose draft may be partly rejected;
+        returns the positions the sequence holds (n_past).
+
+        The engine's path for recurrent and hybrid targets, whose memory cannot drop a rejected
+        suffix, for a loop driven by hand (see :mod:`spec.sessions`). What is saved is the
+        sequence's partial state (llama.cpp's ``LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY``: the
+        recurrent state of a recurrent or hybrid model; a plain KV cache saves all its cells)
+        and n_past. One checkpoint per sequence: a save replaces the last one.
+        """
+        self.check_open()
+        self._check_seq(seq_id)
+        with nogil:
+            self.ckpt_save(seq_id)
+        self.ckpt_next[seq_id] = self.seq_pos_max(seq_id) + 1
+        return self.ckpt_next[seq_id]
+
+    @_one_thread_at_a_time
+    def checkpoint_restore(self, int seq_id=0):
+        """Bring ``seq_id`` back to its last :meth:`checkpoint_save`: restore the saved state,
+        drop every position from the saved n_past on (the verify batch's rows) and return that
+        n_past. Decode the accepted tokens there again (the replay: the verify's ``id_last``
+        and the accepted draft tokens) and the sequence holds what plain decoding would.
+
+        The checkpoint stays: it can be restored again until the next save.
+        ValueError if no checkpoint of ``seq_id`` was saved.
+        """
+        self.check_open()
+        self._check_seq(seq_id)
+        cdef pos_t n_past = self.ckpt_next[seq_id]
+        if n_past < 0:
+            raise ValueError(f"no checkpoint of sequence {seq_id}: call checkpoint_save({seq_id}) "
+                             f"before the verify decode")
+        with nogil:
+            self.ckpt_load(seq_id)
+        if not self.seq_rm(seq_id, n_past, -1):
+            raise SpecError(f"sequence {seq_id}: cannot drop positions >= {n_past} after "
+                            f"restoring its checkpoint")
+        return n_past
 
     cdef int _greedy_loop(self, seq_t seq, pos_t pos, int max_tokens, bint stop_at_eog,
                           token_t* out) except -1 nogil:

@@ -160,7 +160,8 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
                CostModel* cost, double* job_alpha, PlanBuffers plan, Workspace* ws, Timers* timers,
                token_t* out_buf, float* margin_buf, Session session) except -1 nogil:
     """One draft → verify → accept step over every active sequence in seqs (session: the
-    drafter again when it is a model-based session, fed after every decode; else None)."""
+    drafter when it is a model-based session, or the session stage of its chain, fed after
+    every decode; else None)."""
     cdef SeqState* s
     cdef int i, j, k, n_acc, n_rows, n_active = 0, row_cap, n_checked, n_matched
     cdef double seconds
@@ -186,8 +187,8 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     auto = cfg.auto_draft and drafter is not None and cfg.n_draft_max > 0
     explore = cost.clock % EXPLORE_EVERY == EXPLORE_EVERY - 1
     # A model-free drafter drafts for every sequence (microseconds): what the target emits
-    # then checks the drafts the plan does not verify, for free. A model drafts only what the
-    # plan verifies.
+    # then checks the drafts the plan does not verify, for free. A model (a session, or a chain
+    # with a session stage) drafts only what the plan verifies.
     shadow = session is None
     if auto:
         # who drafts (and, for model-based sessions, how far), as if every draft were available
@@ -458,7 +459,8 @@ cdef class Loop:
     """Drives Sequences through a Context with a Drafter (or none: plain decoding)."""
     cdef Context ctx
     cdef Drafter drafter
-    cdef Session session    # the drafter when it is a model-based session (fed every decode)
+    cdef Session session    # the model-based session (the drafter or a stage of its chain), fed
+                            # every target decode
     cdef EngineConfig cfg
     cdef Workspace ws
     cdef Timers timers
@@ -471,12 +473,15 @@ cdef class Loop:
 
     def __init__(self, Context ctx not None, Drafter drafter=None, *, int n_draft_max=0,
                  bint auto_draft=False, double draft_cost=0.43, bint trace=False):
+        from spec.ngram._chain import DrafterChain
         self.ctx = ctx
         self.drafter = drafter
-        if isinstance(drafter, Session):
-            if (<Session> drafter).target_ctx is not ctx:
+        # a model-based session, alone or as a stage of a chain, is fed every target decode
+        session = drafter.session if isinstance(drafter, DrafterChain) else drafter
+        if isinstance(session, Session):
+            if (<Session> session).target_ctx is not ctx:
                 raise ValueError("the session's target_ctx is not the context this loop decodes")
-            self.session = <Session> drafter
+            self.session = <Session> session
         # Memories that cannot drop a rejected suffix (recurrent / hybrid models) without a
         # rollback depth covering a whole draft take the checkpoint path.
         self.cfg.checkpoint = (drafter is not None and n_draft_max > 0 and ctx.recurrent

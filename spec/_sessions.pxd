@@ -19,6 +19,7 @@ cdef class Session(Drafter):
     cdef int cfg_n_seq
     cdef vector[llama_tokens] prompts   # per sequence: tokens in the target context
     cdef vector[pos_t] pos0       # per sequence: n_past of the last draft (-1: none)
+    cdef vector[char] drafted_any # per sequence: some draft was non-empty (llama.cpp's impl_last)
     cdef llama_tokens result
     cdef int64_t n_calls, n_drafted, n_accepted, n_process
     # what common_speculative_init turned on in the target context (the type's requirement)

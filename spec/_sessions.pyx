@@ -5,6 +5,8 @@ after_decode() after every target decode (prefill chunks, verify batches, checkp
 which feeds the target context's last batch to common_speculative_process. A session borrows its
 two contexts (spec._handle).
 """
+from contextlib import contextmanager
+
 import numpy as np
 
 from libc.stdint cimport int32_t
@@ -70,6 +72,14 @@ cdef class Session(Drafter):
     ``Session(target_ctx, draft_ctx, n_seq, n_draft_max, *, n_min=0, p_min=0.0)``. Use a
     subclass: :class:`DraftModelSession`, :class:`MtpSession`, :class:`Eagle3Session`,
     :class:`DFlashSession`.
+
+    Driven by hand: ``process`` after every target decode, ``draft``, verify, ``accept`` (see
+    :mod:`spec.sessions`). On a recurrent or hybrid target (``target_ctx.recurrent``, no
+    rollback depth ``n_rs_seq``) a rejected draft cannot be dropped from the target's memory:
+    call ``target_ctx.checkpoint_save(seq)`` before each verify decode and, when the draft was
+    partly rejected, ``target_ctx.checkpoint_restore(seq)`` (the state at n_past) then decode
+    and ``process`` the replay ``[id_last, *accepted]`` at n_past, as the engine does.
+    A session may be one stage of a :class:`spec.DrafterChain`.
     """
     KIND = None
 
@@ -171,6 +181,7 @@ cdef class Session(Drafter):
         self.draft_ctx = draft_ctx
         self.prompts.resize(config.n_seq)
         self.pos0.assign(config.n_seq, -1)
+        self.drafted_any.assign(config.n_seq, 0)
         self.reserve_seqs(config.n_seq)
 
     def _check_pair(self, Context target_ctx, Context draft_ctx):
@@ -292,6 +303,15 @@ cdef class Session(Drafter):
         cdef llama_tokens* p = &self.prompts[seq]
         cdef Py_ssize_t i, n
         cdef int64_t t0 = llama_time_us()
+        # The draft context holds what the target holds: positions < n_history. After a step
+        # another stage of a chain won (spec.ngram._chain), the verify batch after_decode
+        # mirrored left its rejected rows here (this session drafted nothing to accept). The
+        # reference trims the draft context with the target's memory whoever drafted:
+        # llama.cpp's server (tools/server/server-context.cpp) removes positions past the
+        # target's from ctx_dft before each verify, and slot.mem.seq_rm (common_memory,
+        # common/common.h) drops the rejected ones from both contexts; ik_llama.cpp's
+        # common_speculative_trim_sequence trims both at once.
+        llama_memory_seq_rm(llama_get_memory(self.draft_ctx.ptr), seq, <pos_t> n_history, -1)
         # The history grows by the accepted tokens between calls: append, don't copy it all.
         if <Py_ssize_t> p.size() > n_history:
             p.resize(n_history)
@@ -306,6 +326,8 @@ cdef class Session(Drafter):
         dp.prompt = p
         dp.result = &self.result
         common_speculative_draft(self.spec)
+        if self.result.size() > 0:
+            self.drafted_any[seq] = 1     # llama.cpp's impl_last[seq] is this type from now on
         n = min(<Py_ssize_t> self.result.size(), n_max)
         for i in range(n):
             out[i] = self.result[i]
@@ -323,6 +345,25 @@ cdef class Session(Drafter):
             # the draft context keeps what the target keeps: prompt + accepted + id_last
             llama_memory_seq_rm(llama_get_memory(self.draft_ctx.ptr), seq,
                                 self.pos0[seq] + 1 + <pos_t> n_accepted, -1)
+        self.t_accept_us += llama_time_us() - t0
+        return 0
+
+    cdef int _follow(self, int seq, Py_ssize_t n_accepted) except -1 nogil:
+        """A stage of a chain: the target accepted ``n_accepted`` tokens of another stage's
+        draft (this session did not draft this step, or its draft lost)."""
+        cdef int64_t t0 = llama_time_us()
+        # The reference tells every type every step's count (common_speculative_accept: the
+        # type that drafted as its own, the others with is_other = true). MTP and EAGLE-3 pick
+        # by it the target hidden-state row their next draft starts from; draft-simple's and
+        # DFlash's accept do nothing with it, so they are not told (llama.cpp's statistics of
+        # the type would count the other stage's tokens as its own). llama.cpp aborts on an
+        # accept of n > 0 for a sequence that has no non-empty draft of this type yet (it cannot
+        # attribute it): until then the next draft starts from the verify batch's last row (a
+        # weaker draft, never a different output).
+        if ((self.kind == COMMON_SPECULATIVE_TYPE_DRAFT_MTP
+                or self.kind == COMMON_SPECULATIVE_TYPE_DRAFT_EAGLE3) and self.drafted_any[seq]):
+            common_speculative_accept(self.spec, seq, <uint16_t> min(n_accepted, 65535))
+        self.pos0[seq] = -1
         self.t_accept_us += llama_time_us() - t0
         return 0
 
@@ -488,6 +529,15 @@ cdef class Session(Drafter):
                 self.accept_seq(seq, n_accepted)
             self.pos0[seq] = -1
 
+    def _check_live(self):
+        """ClosedError / SessionInitError unless the session and both its contexts are usable."""
+        self._live()
+
+    def _turn(self):
+        """A context manager: both contexts' locks held and the session checked usable, as
+        around the session's own methods (a chain holding it runs its Python-level calls so)."""
+        return _session_turn(self)
+
     def stats(self):
         """Counters and timings of this session (draft calls, drafted and accepted tokens)."""
         return {"calls": self.n_calls, "drafted": self.n_drafted, "accepted": self.n_accepted,
@@ -531,6 +581,13 @@ cdef class Session(Drafter):
             return f"{type(self).__name__}(uninitialized)"
         return (f"{type(self).__name__}(n_seq={self._config.n_seq}, "
                 f"n_draft_max={self._config.n_draft_max})")
+
+
+@contextmanager
+def _session_turn(Session s):
+    with s.target_ctx.lock, s.draft_ctx.lock:
+        s._live()
+        yield
 
 
 def _check_vocab(Context target_ctx, Context draft_ctx, str what):

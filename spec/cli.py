@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt-file", type=Path, help="file holding the prompt")
     add_generation_options(gen)
     gen.add_argument("--draft-model", type=Path, default=None,
-                     help="draft GGUF for --drafter draft / eagle3 / dflash")
+                     help="draft GGUF for --drafter draft / eagle3 / dflash (alone or as "
+                          "a chain's stage: --drafter ngram-mod,draft)")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     gen.add_argument("--trace", action="store_true",
                      help="with --json: add per-token top-1 minus top-2 logit margins")
@@ -122,6 +123,8 @@ def cmd_generate(args) -> int:
             "mean_accept_len": st.mean_accept_len, "draft_s": st.draft_s, "verify_s": st.verify_s,
             "sample_s": st.sample_s,
         }
+        if st.stages:           # a chain: each stage's share, in the reference's terms
+            out["stages"] = st.stages
         if args.trace:
             out["margins"] = [float(m) for m in result.margins]
         print(json.dumps(out))

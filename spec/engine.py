@@ -21,7 +21,8 @@ import numpy as np
 from spec._core import MAX_SEQ, Context, Model, as_tokens
 from spec._counters import StepCounters
 from spec._engine import Loop, Sequence
-from spec._errors import ClosedError, ContextOverflowError, EngineBusyError, RequestError
+from spec._errors import (ClosedError, ContextOverflowError, EngineBusyError, RequestError,
+                          SessionInitError)
 from spec._params import SAMPLING_KEYS, Sampling
 from spec._stops import StopScanner
 from spec import models as _models
@@ -44,9 +45,12 @@ LLAMA_PREFIX = "llama:"
 # Model-based drafters: sessions over llama.cpp's common_speculative (spec.sessions). "draft",
 # "eagle3" and "dflash" need drafter_params={"draft_model": PATH}; "mtp" uses the target's own
 # NextN head. drafter_params may also hold n_min, p_min and n_rs_seq (the target context's
-# recurrent rollback depth; 0 = checkpoint path on recurrent / hybrid targets).
+# recurrent rollback depth; 0 = checkpoint path on recurrent / hybrid targets). One of them may
+# be a stage of a chain ("ngram-mod,draft"): it then takes SESSION_PARAMS from drafter_params,
+# the chain the rest (n_min, n_max per stage).
 SESSION_DRAFTERS = {"draft": "DraftModelSession", "mtp": "MtpSession", "eagle3": "Eagle3Session",
                     "dflash": "DFlashSession"}
+SESSION_PARAMS = ("draft_model", "draft_n_gpu_layers", "p_min", "n_rs_seq")
 
 
 def _make_session(engine, kind, params):
@@ -173,29 +177,59 @@ def _canonical(name: str) -> str:
     return prefix + name[len(prefix):].replace("_", "-")
 
 
+def _chain_items(drafter):
+    """The stages of a chain given as a list or as comma-separated names (names in their
+    canonical spelling, drafter objects as given); None when ``drafter`` is not a chain."""
+    if isinstance(drafter, str) and "," in drafter:
+        return [_canonical(n.strip()) for n in drafter.split(",")]
+    if isinstance(drafter, (list, tuple)):
+        return [_canonical(n) if isinstance(n, str) else n for n in drafter]
+    return None
+
+
+def _build_chain(items, params, session=None):
+    """A DrafterChain of ``items`` (names or drafters); a model-based name is ``session``'s
+    stage (built by the engine, which alone has the target context)."""
+    from spec.ngram._base import Drafter
+    from spec.ngram._chain import DrafterChain
+    stages, names = [], []
+    for n in items:
+        if isinstance(n, Drafter):
+            stages.append(n)
+            names.append(type(n).__name__)
+            continue
+        if n in SESSION_DRAFTERS and session is not None:
+            stages.append(session)
+        elif n == "none":
+            raise ValueError("'none' cannot be a stage of a drafter chain")
+        elif n in SESSION_DRAFTERS:
+            raise ValueError(f"{n!r} cannot be a stage of a chain built by make_drafter: a "
+                             f"model-based stage needs the target context, so build the chain "
+                             f"through Engine(model, drafter=[..., {n!r}], drafter_params=...)")
+        else:
+            stages.append(make_drafter(n))
+        names.append(n)
+    return DrafterChain(stages, names=names, **params)
+
+
+def _drop_stage(items, name, params):
+    """``items`` without the stage ``name``, and chain ``params`` without its per-stage
+    entries (``n_min`` / ``n_max`` given per stage)."""
+    i = items.index(name)
+    params = {k: (v[:i] + v[i + 1:] if isinstance(v, (list, tuple)) and len(v) == len(items)
+                  else v) for k, v in params.items()}
+    return items[:i] + items[i + 1:], params
+
+
 def make_drafter(name, **params):
     """A drafter by name: one of :func:`drafter_names` (``llama:<type>`` wraps llama.cpp's own),
     or a chain of them: a list of names or one string of comma-separated names
     (``"suffix,ngram-mod"``) builds a :class:`spec.DrafterChain` (``params`` then go to the
-    chain: ``n_min``, ``n_max``, per stage or for all)."""
-    if isinstance(name, str) and "," in name:
-        name = [n.strip() for n in name.split(",")]
-    if isinstance(name, (list, tuple)):
-        from spec.ngram._base import Drafter
-        from spec.ngram._chain import DrafterChain
-        stages, names = [], []
-        for n in name:
-            if isinstance(n, Drafter):
-                stages.append(n)
-                names.append(type(n).__name__)
-                continue
-            n = _canonical(n) if isinstance(n, str) else n
-            if n in ("none", *SESSION_DRAFTERS):
-                raise ValueError(f"a drafter chain holds model-free drafters; {n!r} cannot be "
-                                 f"a stage")
-            stages.append(make_drafter(n))
-            names.append(n)
-        return DrafterChain(stages, names=names, **params)
+    chain: ``n_min``, ``n_max``, per stage or for all). A chain with a model-based stage is
+    built by :class:`Engine`."""
+    items = _chain_items(name)
+    if items is not None:
+        return _build_chain(items, params)
     if not isinstance(name, str):
         raise TypeError(f"drafter name must be a str, got {type(name).__name__}")
     name = _canonical(name)
@@ -293,8 +327,13 @@ class Engine:
     ----------
     model : Model, str or os.PathLike
         A loaded :class:`Model`, a GGUF path, or a name from ``spec.models`` ("default").
-    drafter : str, Drafter or None
-        A name from :func:`drafter_names`, a drafter object, or None for plain decoding.
+    drafter : str, list, Drafter or None
+        A name from :func:`drafter_names`, a drafter object, or None for plain decoding; a
+        chain (:class:`spec.DrafterChain`) as comma-separated names or a list of names and
+        drafter objects, tried in order. A chain may hold one model-based stage (``draft``,
+        ``mtp``, ``eagle3``, ``dflash``), typically last: ``drafter="ngram-mod,draft"`` with
+        ``drafter_params={"draft_model": PATH}``. An ``mtp`` stage on a model without NextN
+        layers is dropped with a warning (alone, ``mtp`` is refused).
     n_draft : int or "auto"
         Draft length; "auto" chooses each step's draft lengths (≤ ``n_draft_max``) from each
         sequence's recent acceptance, its current run of correctly drafted tokens (a long copy
@@ -314,7 +353,9 @@ class Engine:
         Layers to offload when the model is given by path or name (see :class:`Model`; a
         session's draft model takes ``drafter_params={"draft_n_gpu_layers": n}``).
     drafter_params : dict
-        Extra constructor arguments for a drafter given by name.
+        Extra constructor arguments for a drafter given by name. For a chain: ``n_min``,
+        ``n_max`` (see :class:`spec.DrafterChain`), and for its model-based stage those of
+        ``SESSION_PARAMS`` (``draft_model``, ``draft_n_gpu_layers``, ``p_min``, ``n_rs_seq``).
     """
 
     N_DRAFT_MAX = 64        # the default bound of "auto" drafts
@@ -322,7 +363,13 @@ class Engine:
     def __init__(self, model, drafter="suffix", *, n_draft="auto", n_draft_max=None,
                  draft_cost=0.43, n_ctx=None, n_batch=512, n_threads=None, n_parallel=1,
                  n_gpu_layers=0, drafter_params=None):
-        session_kind = drafter if isinstance(drafter, str) and drafter in SESSION_DRAFTERS else None
+        items = _chain_items(drafter)
+        in_chain = [n for n in items or () if isinstance(n, str) and n in SESSION_DRAFTERS]
+        if len(in_chain) > 1:
+            raise ValueError(f"a drafter chain holds at most one model-based stage, got "
+                             f"{', '.join(map(repr, in_chain))}")
+        session_kind = (in_chain[0] if in_chain else drafter if isinstance(drafter, str)
+                        and drafter in SESSION_DRAFTERS else None)
         if isinstance(model, Model):
             if n_gpu_layers:
                 raise ValueError("n_gpu_layers applies to a model given by path or name; pass "
@@ -358,11 +405,31 @@ class Engine:
         self._turns = _Turns()
         self._held_by = None            # thread id of the generation holding the engine
         self._close_pending = False
-        session_params = dict(drafter_params or {})
+        params = dict(drafter_params or {})
+        if in_chain:
+            # the model-based stage's parameters; the chain takes the rest
+            session_params = {k: params.pop(k) for k in SESSION_PARAMS if k in params}
+            if session_kind == "mtp" and not self.model.n_layer_nextn:
+                # As the reference: ik_llama.cpp's common_speculative_prepare_mtp_runtime
+                # (common/speculative.cpp) logs "MTP speculative stage requested, but model has
+                # 0 NextN layers. Removing MTP from the configured stage chain." and removes the
+                # stage (params.remove_stage_type); the other stages run.
+                items, params = _drop_stage(items, "mtp", params)
+                logger.warning("model %r has no NextN layers (MTP heads): the 'mtp' stage is "
+                               "dropped from the drafter chain", self.model.path)
+                if not items:
+                    raise SessionInitError(f"model {self.model.path!r} lacks MTP heads (no NextN "
+                                           f"layers): the 'mtp' drafter needs a model with "
+                                           f"nextn_predict_layers > 0")
+                session_kind = None
+                in_chain = []
+        else:
+            session_params = params
         if session_kind is not None:
             self.drafter = None     # built below, once the target context exists
         elif drafter is None or isinstance(drafter, (str, list, tuple)):
-            self.drafter = make_drafter(drafter or "none", **(drafter_params or {}))
+            self.drafter = make_drafter(items if items is not None else drafter or "none",
+                                        **params)
         else:
             from spec.ngram._base import Drafter
             if not isinstance(drafter, Drafter):
@@ -374,12 +441,23 @@ class Engine:
         self._n_threads = n_threads
         self._n_ctx_given = n_ctx is not None
         self._session_kind = session_kind
+        self._session_in_chain = bool(in_chain)
         self._n_rs_seq = int(session_params.pop("n_rs_seq", 0)) if session_kind else 0
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
                            n_seq_max=n_parallel, n_rs_seq=self._n_rs_seq)
         self._session_params = session_params
         if session_kind is not None:
-            self.drafter = _make_session(self, session_kind, dict(session_params))
+            session = _make_session(self, session_kind, dict(session_params))
+            if in_chain:
+                try:
+                    self.drafter = _build_chain(items, params, session)
+                except BaseException:
+                    session.close()
+                    self.draft_ctx.close()
+                    self.ctx.close()
+                    raise
+            else:
+                self.drafter = session
             if self.draft_ctx is not None and "draft_model" in session_params:
                 # a rebuilt session (see _new_context) reuses the loaded draft model
                 session_params["draft_model"] = self.draft_ctx.model
@@ -558,18 +636,27 @@ class Engine:
 
     def _new_context(self, n_ctx: int, n_seq_max: int) -> None:
         """Replace the target context (and a model-based session with its draft context, which
-        are bound to it) by one with n_ctx cells for n_seq_max sequences."""
+        are bound to it; in a chain, the session stage only) by one with n_ctx cells for
+        n_seq_max sequences."""
         n_batch = self.ctx.n_batch
         self._loops = {}
         if self._session_kind is not None:
-            self.drafter = None             # the session refers to both contexts: drop it first
+            # the session refers to both contexts: free it first
+            if self._session_in_chain:
+                self.drafter.session.close()
+            else:
+                self.drafter = None
             self.draft_ctx.close()
             self.draft_ctx = None
         self.ctx.close()
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_seq_max=n_seq_max,
                            n_threads=self._n_threads, n_rs_seq=self._n_rs_seq)
         if self._session_kind is not None:
-            self.drafter = _make_session(self, self._session_kind, dict(self._session_params))
+            session = _make_session(self, self._session_kind, dict(self._session_params))
+            if self._session_in_chain:
+                self.drafter._replace_session(session)
+            else:
+                self.drafter = session
         if self._held_by is not None:           # inside a generation: hold what replaced
             held_by, self._held_by = self._held_by, None
             self._hold(held_by)

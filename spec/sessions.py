@@ -24,6 +24,32 @@ the last draft had, and an accept without a draft (llama.cpp would abort).
 on in the target context for the session's type (MTP: pre-norm hidden states only).
 :class:`spec.Engine` does all of this with ``drafter="draft"``, ``"mtp"``, ``"eagle3"`` or
 ``"dflash"``.
+
+Recurrent and hybrid targets (``target_ctx.recurrent``; Mamba, RWKV, Qwen3.5's gated delta
+net) cannot drop a rejected draft's rows from their memory (``kv_remove`` returns False), unless
+the context was made with a rollback depth ``n_rs_seq`` at least the draft's length. The engine
+then takes a checkpoint path; by hand, the same calls::
+
+    loop: draft = session.draft(seq_id, n_past, id_last)
+          target_ctx.checkpoint_save(seq_id)                  # before the verify decode
+          batch = Batch([id_last, *draft], pos=n_past, all_logits=True)
+          target_ctx.decode(batch); session.process(batch)
+          verify (n accepted), session.accept(seq_id, n)
+          if n < len(draft):                                  # partly rejected
+              target_ctx.checkpoint_restore(seq_id)           # state at n_past, rows >= n_past gone
+              replay = Batch([id_last, *draft[:n]], pos=n_past)
+              target_ctx.decode(replay); session.process(replay)   # processed like every decode
+          n_past += 1 + n; id_last = the target's token after the accepted ones
+
+``checkpoint_save`` keeps the sequence's recurrent state (llama.cpp's partial state; an
+attention-only context saves its cells) and n_past; ``checkpoint_restore`` brings both back.
+The verify's logits stay valid for choosing the next token: the replay only rebuilds the state.
+
+A session can also be a stage of a :class:`spec.DrafterChain` (at most one, typically the last:
+``Engine(model, drafter="ngram-mod,draft", drafter_params={"draft_model": PATH})``): it drafts
+in the steps the stages before it fall through, still ``process``-es every target decode (the
+engine's loop feeds it) and hears every step's accepted count; its draft context drops the rows
+of another stage's rejected draft before it drafts again.
 """
 from __future__ import annotations
 

@@ -170,7 +170,8 @@ def make_tiny_qwen35_mtp(path: str | os.PathLike, *, vocab: str | os.PathLike | 
                          n_trunk: int = 2, n_embd: int = 64, n_head: int = 4, n_head_kv: int = 2,
                          head_dim: int = 16, n_ff: int = 128, ssm_state: int = 16,
                          ssm_groups: int = 2, ssm_v_heads: int = 4, ssm_conv: int = 4,
-                         full_attn_interval: int = 2, seed: int = 0, mtp: bool = True) -> Path:
+                         full_attn_interval: int = 2, seed: int = 0, mtp: bool = True,
+                         proj_scale: float = 1.0) -> Path:
     """Write a tiny random qwen35-architecture GGUF (hybrid: gated-delta-net recurrent layers
     and attention layers) with one MTP (NextN) block, and return the path.
 
@@ -179,6 +180,11 @@ def make_tiny_qwen35_mtp(path: str | os.PathLike, *, vocab: str | os.PathLike | 
     llama.cpp falls back to token_embd / output for the optional NextN embedding and head.
     ``mtp=False`` writes the trunk only (a model without MTP heads). Written with ``gguf``:
     llama_model_save_to_file gets the per-layer arrays of hybrid MTP models wrong.
+
+    ``proj_scale`` scales the blocks' matrices, as :func:`make_tiny_llama`'s. The token
+    embedding and the output head are drawn first, as there: a tiny llama of the same ``seed``
+    shares them, so with small ``proj_scale`` both are near the same bigram table and the llama
+    drafts for this hybrid target with real (partial) acceptance.
     """
     from gguf import GGUFValueType, GGUFWriter, LlamaFileType
 
@@ -230,7 +236,7 @@ def make_tiny_qwen35_mtp(path: str | os.PathLike, *, vocab: str | os.PathLike | 
     w.add_vocab_size(n_vocab)
 
     def mat(name, shape, std=None):
-        std = 1.0 / np.sqrt(shape[1]) if std is None else std
+        std = proj_scale / np.sqrt(shape[1]) if std is None else std
         w.add_tensor(name, rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
 
     def vec(name, n, value=1.0):

@@ -681,7 +681,9 @@ def test_engine_requests(worker, program):
 ENGINE_KW = {
     "drafter": (vals(*MODEL_FREE, None, "none"),
                 st.one_of(vals("draft", "mtp", "eagle3", "dflash", "llama:suffix", "llama:",
-                               "llama:none", "", "SUFFIX", V("spec.NgramSimple(3, 4)"),
+                               "llama:none", "", "SUFFIX", "suffix,draft", "ngram-mod,mtp",
+                               "draft,mtp", "mtp,", V("['ngram-simple', 'eagle3']"),
+                               V("[spec.SuffixTree(), 'draft']"), V("spec.NgramSimple(3, 4)"),
                                V("spec.SuffixTree()"),
                                V("spec.llama_drafter('ngram-mod', n_match=4, n_min=1)"),
                                V("spec.Drafter()"), V("spec.NgramSimple")), odd_scalar)),

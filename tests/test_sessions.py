@@ -304,6 +304,78 @@ def test_mtp_needs_loaded_heads_and_mtp_context(mtp_path):
         MtpSession(ct, cd, 1, 3)
 
 
+def test_hybrid_target_by_hand_takes_the_checkpoint_path(pair, tmp_path, vocab_path):
+    """A hybrid (gated-delta-net + attention) target driven by hand through a session, as
+    spec.sessions documents: checkpoint_save before each verify decode; on a partial accept,
+    checkpoint_restore and replay [id_last, *accepted] (processed like every decode). The hybrid
+    shares the tiny llama's embedding and head (same seed), so that llama drafts for it with
+    real, partial acceptance. The output is plain greedy decoding's."""
+    hybrid = spec.testing.make_tiny_qwen35_mtp(tmp_path / "hybrid.gguf", seed=11, mtp=False,
+                                               proj_scale=0.3, vocab=vocab_path("llama-spm"))
+    mt = Model(hybrid)
+    prompt = mt.tokenize(PROMPT)
+    ref, _, _ = Context(mt, n_ctx=256).generate_greedy(prompt, 40, stop_at_eog=False)
+    ct, cd = Context(mt, n_ctx=256), Context(Model(pair[0]), n_ctx=256)
+    assert ct.recurrent and ct.n_rs_seq == 0
+    with pytest.raises(ValueError, match="checkpoint_save"):
+        ct.checkpoint_restore(0)                 # nothing saved yet
+    s = DraftModelSession(ct, cd, 1, 4)
+    batch = spec.Batch(prompt)
+    ct.decode(batch)
+    s.process(batch)
+    n_past, out, replays = len(prompt), [_greedy_argmax(ct)], []
+    while len(out) < 40:
+        id_last = out[-1]
+        d = s.draft(0, n_past, id_last)
+        assert ct.checkpoint_save(0) == n_past
+        batch = spec.Batch([id_last, *d], pos=n_past, all_logits=True)
+        ct.decode(batch)
+        s.process(batch)
+        am = ct.logits().argmax(1)
+        n = 0
+        while n < len(d) and am[n] == d[n]:
+            n += 1
+        s.accept(0, n)
+        if n < len(d):
+            # the recurrent state cannot drop the rejected rows: restore, then replay
+            assert not ct.kv_remove(0, n_past + 1 + n, -1)
+            assert ct.checkpoint_restore(0) == n_past
+            assert ct.kv_pos_max(0) == n_past - 1
+            replay = spec.Batch([id_last, *d[:n]], pos=n_past)
+            ct.decode(replay)
+            s.process(replay)
+            replays.append(n)
+        out += [int(t) for t in d[:n]] + [int(am[n])]
+        n_past += 1 + n
+    assert out[:40] == ref.tolist()
+    assert ct.kv_pos_max(0) == n_past - 1
+    assert any(replays) and s.stats()["accepted"] > 0      # replays of accepted tokens
+    assert len(replays) < s.stats()["calls"]                # and drafts accepted whole
+
+
+def test_checkpoints_work_on_any_context(pair):
+    """checkpoint_save / checkpoint_restore on an attention-only context (it saves the cells
+    themselves): the restored sequence decodes as if the rolled-back tokens never were."""
+    m = Model(pair[0])
+    ct = Context(m, n_ctx=128)
+    p = m.tokenize(PROMPT)
+    ct.decode(p)
+    assert ct.checkpoint_save(0) == len(p)
+    ct.decode([5, 6, 7], pos=len(p))
+    assert ct.checkpoint_restore(0) == len(p) and ct.kv_pos_max(0) == len(p) - 1
+    assert ct.checkpoint_restore(0) == len(p)              # it stays until the next save
+    ct.decode([5], pos=len(p))
+    ref = Context(m, n_ctx=128)
+    ref.decode(np.r_[p, 5])
+    np.testing.assert_allclose(ct.logits()[-1], ref.logits()[-1], atol=1e-4)
+    for bad in (-1, 1):
+        with pytest.raises(ValueError, match="seq_id"):
+            ct.checkpoint_save(bad)
+    ct.close()
+    with pytest.raises(ClosedError):
+        ct.checkpoint_save(0)
+
+
 # -- EAGLE-3 (4-layer llama target + 1-layer eagle3 draft) -------------------------------------
 
 @pytest.fixture(scope="module")

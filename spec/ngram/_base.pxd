@@ -8,6 +8,10 @@
 #                                yet decoded. Writes up to n_max tokens to out and returns how many.
 #   accept_seq(seq, n_accepted)  after verification: how many of the last draft were accepted
 #                                (at most its length; once per draft)
+#   follow_seq(seq, n_accepted)  instead of accept_seq, inside a chain (spec.ngram._chain), for a
+#                                stage that needs every step's count (a model-based session): the
+#                                target verified another stage's draft and accepted n_accepted of
+#                                it (this drafter did not draft this step, or its draft lost)
 #   end_seq(seq, output)         the generation finished; output = the generated tokens
 #   reset_seq(seq)               before begin_seq of an unrelated generation (the engine's
 #                                requests): drop the sequence's state. begin_seq alone keeps
@@ -45,6 +49,7 @@ cdef class Drafter:
     cdef Py_ssize_t draft_seq(self, int seq, const token_t* history, Py_ssize_t n_history,
                               token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil
     cdef int accept_seq(self, int seq, Py_ssize_t n_accepted) except -1 nogil
+    cdef int follow_seq(self, int seq, Py_ssize_t n_accepted) except -1 nogil
     cdef int end_seq(self, int seq, const token_t* output, Py_ssize_t n_output) except -1 nogil
     cdef int reset_seq(self, int seq) except -1
 
@@ -54,5 +59,6 @@ cdef class Drafter:
     cdef Py_ssize_t _draft(self, int seq, const token_t* history, Py_ssize_t n_history,
                            token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil
     cdef int _accept(self, int seq, Py_ssize_t n_accepted) except -1 nogil
+    cdef int _follow(self, int seq, Py_ssize_t n_accepted) except -1 nogil
     cdef int _end(self, int seq, const token_t* output, Py_ssize_t n_output) except -1 nogil
     cdef int _reset_seq(self, int seq) except -1

@@ -4,7 +4,8 @@ The Python methods hold the drafter's lock (threads sharing a drafter take turns
 EngineBusyError while an engine's generation holds the drafter (see ``_hold``).
 
 Subclasses override the underscore hooks (``_reserve``, ``_begin``, ``_draft``, ``_accept``,
-``_end``); the public C-level methods keep the per-sequence bookkeeping in one place.
+``_follow``, ``_end``); the public C-level methods keep the per-sequence bookkeeping in one
+place.
 """
 from libc.stdlib cimport free, realloc
 from libc.string cimport memset
@@ -152,6 +153,10 @@ cdef class Drafter:
         self.last_draft[seq] = 0
         return self._accept(seq, n_accepted)
 
+    cdef int follow_seq(self, int seq, Py_ssize_t n_accepted) except -1 nogil:
+        self.last_draft[seq] = 0      # its own draft, if any, is settled with the step
+        return self._follow(seq, n_accepted)
+
     cdef int end_seq(self, int seq, const token_t* output, Py_ssize_t n_output) except -1 nogil:
         self.begun[seq] = 0
         self.last_draft[seq] = 0
@@ -176,6 +181,9 @@ cdef class Drafter:
 
     cdef int _accept(self, int seq, Py_ssize_t n_accepted) except -1 nogil:
         return 0
+
+    cdef int _follow(self, int seq, Py_ssize_t n_accepted) except -1 nogil:
+        return 0      # model-free drafters learn the accepted tokens from the next history
 
     cdef int _end(self, int seq, const token_t* output, Py_ssize_t n_output) except -1 nogil:
         return 0

@@ -1,6 +1,7 @@
 """Type stubs for spec.ngram._chain (chains of drafters)."""
 from typing import Sequence
 
+from spec._sessions import Session
 from spec.ngram._base import Drafter
 
 STAT_KEYS: tuple[str, ...]
@@ -13,6 +14,7 @@ class DrafterChain(Drafter):
     names: tuple[str, ...]
     n_min: tuple[int, ...]
     n_max: tuple[int, ...]
+    session: Session | None
     def __init__(self, stages: Sequence[Drafter], names: Sequence[str] | None = None,
                  n_min: int | Sequence[int] = 0, n_max: int | Sequence[int] = 0) -> None: ...
     def reset(self) -> None: ...

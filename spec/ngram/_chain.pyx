@@ -9,7 +9,17 @@ with the accepted tokens (those tokens were verified, whoever drafted them). Eve
 begins, ends and resets with the chain, so each sees the whole accepted stream. Statistics are
 kept per stage in the reference's terms (calls to begin / draft / accept, drafts and tokens
 generated and accepted, time in each call).
+
+One stage may be a model-based session (spec.sessions: a draft model, MTP, EAGLE-3, DFlash),
+typically the last: it drafts only in the steps the stages before it fall through, and it hears
+every step's accepted count whoever drafted (``follow_seq``), as the reference tells every
+speculative type every accept. Its draft context follows the target through the session's
+``after_decode`` (the engine's loop finds the session in the chain and feeds it every target
+decode, the verify batches of the other stages' drafts included), so it holds the accepted
+tokens whichever stage drafted them; the session drops the rejected rows before it drafts.
 """
+from contextlib import contextmanager
+
 from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t
 from libc.string cimport memset
@@ -64,11 +74,23 @@ def _per_stage(str name, value, int n):
     return values
 
 
+@contextmanager
+def _session_turn(session):
+    """A chain's Python-level call: with a session stage, under the session's two context locks
+    once it is checked usable, as the session's own methods run."""
+    if session is None:
+        yield
+        return
+    with session._turn():
+        yield
+
+
 cdef class _Stage:
     """One stage of a chain and the rest of the chain after it (so the nogil hooks walk the
     stages by recursion: a typed attribute needs no reference counting, a list would)."""
     cdef Drafter drafter
     cdef _Stage next
+    cdef bint follows                # hears every step's accepted count (a model-based session)
     cdef Py_ssize_t min_len          # shortest winning draft (>= 1)
     cdef Py_ssize_t max_len          # longest draft asked (0: no cap)
     cdef StageStats stats
@@ -123,20 +145,25 @@ cdef class _Stage:
                     const TokenVec* win_draft) except -1 nogil:
         cdef Py_ssize_t m = 0, n_win
         cdef int64_t t0
-        if self.drafted[seq]:
-            if <PyObject*> self == winner:
+        cdef bint won = <PyObject*> self == winner
+        if self.drafted[seq] or self.follows:
+            t0 = _now_ns()
+            if won:
                 m = n_accepted
                 self.stats.n_acc_tokens += n_accepted
                 self.stats.n_acc_drafts += n_accepted > 0
-            elif win_draft != NULL:    # its tokens the target accepted (as the winner's)
-                n_win = min(n_accepted, <Py_ssize_t> win_draft.size())
-                while (m < n_win and m < <Py_ssize_t> self.drafts[seq].size()
-                       and self.drafts[seq][m] == win_draft[0][m]):
-                    m += 1
-            t0 = _now_ns()
-            self.drafter.accept_seq(seq, m)
+                self.drafter.accept_seq(seq, m)
+            elif self.follows:         # the step's count, its own draft (if any) lost
+                self.drafter.follow_seq(seq, n_accepted)
+            else:
+                if win_draft != NULL:  # its tokens the target accepted (as the winner's)
+                    n_win = min(n_accepted, <Py_ssize_t> win_draft.size())
+                    while (m < n_win and m < <Py_ssize_t> self.drafts[seq].size()
+                           and self.drafts[seq][m] == win_draft[0][m]):
+                        m += 1
+                self.drafter.accept_seq(seq, m)
             self.stats.t_accept_ns += _now_ns() - t0
-            self.stats.n_call_accept += 1
+            self.stats.n_call_accept += self.drafted[seq]
             self.drafted[seq] = 0
         if self.next is not None:
             self.next.accept(seq, n_accepted, winner, win_draft)
@@ -163,8 +190,12 @@ cdef class DrafterChain(Drafter):
     Parameters
     ----------
     stages : sequence of Drafter
-        Model-free drafters (spec's, ``llama:<type>``, :class:`PythonDrafter`), each used by
-        this chain only.
+        Model-free drafters (spec's, ``llama:<type>``, :class:`PythonDrafter`) and at most one
+        model-based session (:mod:`spec.sessions`), each used by this chain only. An engine
+        builds a chain with a session stage from names (``Engine(model,
+        drafter="ngram-mod,draft", drafter_params={"draft_model": PATH})``); a chain built by
+        hand with one is driven as the session is: ``session.process()`` after every decode
+        of its target context.
     names : sequence of str, optional
         A name per stage for the statistics (default: the class names).
     n_min : int or sequence of int
@@ -176,6 +207,7 @@ cdef class DrafterChain(Drafter):
     cdef readonly tuple names
     cdef readonly tuple n_min
     cdef readonly tuple n_max
+    cdef readonly object session     # the model-based stage (a spec.sessions.Session), or None
     cdef _Stage head
     cdef vector[PyObject*] winner    # per sequence: the winning _Stage (borrowed), or NULL
     cdef vector[TokenVec*] win_draft   # per sequence: the winning stage's draft
@@ -186,11 +218,18 @@ cdef class DrafterChain(Drafter):
         if not stages:
             raise ValueError("a drafter chain needs at least one stage")
         for i, s in enumerate(stages):
-            if not isinstance(s, Drafter) or isinstance(s, (DrafterChain, Session)):
-                raise TypeError(f"stage {i} must be a model-free spec Drafter (not a chain or "
-                                f"a model-based session), got {type(s).__name__}")
+            if not isinstance(s, Drafter) or isinstance(s, DrafterChain):
+                raise TypeError(f"stage {i} must be a spec Drafter (not a chain), got "
+                                f"{type(s).__name__}")
         if len({id(s) for s in stages}) != len(stages):
             raise ValueError("a drafter appears twice in the chain: give each stage its own")
+        sessions = [i for i, s in enumerate(stages) if isinstance(s, Session)]
+        if len(sessions) > 1:
+            raise ValueError(f"a drafter chain holds at most one model-based session stage, "
+                             f"got {len(sessions)} (stages {', '.join(map(str, sessions))}): "
+                             f"each decodes its own model after every target decode")
+        for i in sessions:
+            stages[i]._check_live()
         n = len(stages)
         names = tuple(type(s).__name__ for s in stages) if names is None else tuple(names)
         if len(names) != n or not all(isinstance(x, str) for x in names):
@@ -205,8 +244,10 @@ cdef class DrafterChain(Drafter):
             node.next = nxt
             node.min_len = max(mins[i], 1)
             node.max_len = maxs[i]
+            node.follows = isinstance(stages[i], Session)
             nxt = node
         self.head = nxt
+        self.session = stages[sessions[0]] if sessions else None
 
     # -- the C-level hooks -----------------------------------------------------------------------
 
@@ -244,6 +285,47 @@ cdef class DrafterChain(Drafter):
         return self.head.reset_seq(seq)
 
     # -- Python level ----------------------------------------------------------------------------
+
+    def begin(self, prompt, int seq_id=0):
+        """Start a generation for ``seq_id`` in every stage (see :meth:`Drafter.begin`)."""
+        with _session_turn(self.session):
+            Drafter.begin(self, prompt, seq_id)
+
+    def draft(self, history, int id_last, Py_ssize_t n_max, int seq_id=0):
+        """The first stage draft long enough (see :meth:`Drafter.draft`)."""
+        with _session_turn(self.session):
+            return Drafter.draft(self, history, id_last, n_max, seq_id)
+
+    def accept(self, Py_ssize_t n_accepted, int seq_id=0):
+        """Tell every stage what the target accepted of the last draft (see
+        :meth:`Drafter.accept`)."""
+        with _session_turn(self.session):
+            Drafter.accept(self, n_accepted, seq_id)
+
+    def end(self, output=(), int seq_id=0):
+        """Finish the generation of ``seq_id`` in every stage (see :meth:`Drafter.end`)."""
+        with _session_turn(self.session):
+            Drafter.end(self, output, seq_id)
+
+    def _replace_session(self, new):
+        """Put ``new`` (a live session) in the session stage's place, keeping the statistics:
+        the engine rebuilds its session with the contexts it replaces."""
+        from spec._sessions import Session
+        if self.session is None:
+            raise ValueError("this chain has no session stage")
+        if not isinstance(new, Session):
+            raise TypeError(f"a session is needed, got {type(new).__name__}")
+        new._check_live()
+        node = self.head
+        while (<_Stage> node).drafter is not self.session:
+            node = (<_Stage> node).next
+        if self.n_seq:
+            (<Drafter> new).reserve_seqs(self.n_seq)
+        (<_Stage> node).drafter = new
+        for i in range(self.n_seq):
+            (<_Stage> node).drafted[i] = 0
+        self.stages = tuple(new if s is self.session else s for s in self.stages)
+        self.session = new
 
     def _hold(self, holder):
         """Hold every stage with the chain (see :meth:`Drafter._hold`)."""
