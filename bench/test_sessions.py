@@ -108,3 +108,37 @@ def test_draft_model_speedup(models):
         "plain_tok_s": med(plain), "draft_tok_s": med(spec_),
         "speedup": statistics.median(s / p for s, p in zip(spec_, plain)),
         "accept_rate": med(accept)})
+
+
+def test_chain_ngram_then_draft_model(models):
+    """A cheap n-gram stage before the draft model (the reference's chain order), against each
+    stage alone, on the speedup pair: the n-gram stage drafts where the output repeats, and the
+    draft model fills the steps it has nothing for. Rounds alternate the four runs."""
+    target, draft = models["speedup"]
+    runs = {"plain": (None, None), "ngram-simple": ("ngram-simple", None),
+            "draft": ("draft", draft), "ngram-simple,draft": ("ngram-simple,draft", draft)}
+    tok_s = {name: [] for name in runs}
+    stats = {}
+    for _ in range(ROUNDS):
+        for name, (drafter, dm) in runs.items():
+            r = _ours(target, drafter, dm)
+            tok_s[name].append(r.stats.decode_tok_s)
+            stats[name] = r.stats
+    plain = statistics.median(tok_s["plain"])
+    rows = []
+    for name in runs:
+        s = stats[name]
+        rows.append({"drafter": name, "tok_s": statistics.median(tok_s[name]),
+                     "speedup": statistics.median(t / p for t, p in zip(tok_s[name], tok_s["plain"])),
+                     "n_drafted": s.n_drafted, "n_accepted": s.n_accepted,
+                     "stages": getattr(s, "stages", None)})
+        assert rows[-1]["tok_s"] > 0
+    print(f"\nplain {plain:.1f} tok/s")
+    for r in rows:
+        print(f"{r['drafter']:<20} {r['tok_s']:8.1f} tok/s {r['speedup']:6.2f}x  "
+              f"accepted {r['n_accepted']}/{r['n_drafted']}")
+    save("sessions_chain", {
+        "command": "python -m pytest bench/test_sessions.py -s -k chain",
+        "n_gen": N_GEN, "n_draft": N_DRAFT, "rounds": ROUNDS,
+        "models": "the speedup pair (16-layer n_embd 512 llama target, its first layer as draft)",
+        "rows": rows})
