@@ -77,6 +77,26 @@ def read_tokenizer_kv(path: str | os.PathLike) -> list[tuple[str, int, int | Non
     return out
 
 
+def copy_tokenizer(writer, vocab: str | os.PathLike, skip: tuple[str, ...] = ()) -> int:
+    """Copy the ``tokenizer.*`` metadata of the GGUF ``vocab`` into a ``gguf.GGUFWriter`` (less
+    the keys in ``skip``); returns the vocabulary size."""
+    from gguf import GGUFValueType
+
+    n_vocab = 0
+    for key, vtype, sub, value in read_tokenizer_kv(vocab):
+        if key in skip:
+            continue
+        if vtype == _ARRAY_TYPE:
+            writer.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=GGUFValueType(sub))
+            if key == "tokenizer.ggml.tokens":
+                n_vocab = len(value)
+        else:
+            writer.add_key_value(key, value, GGUFValueType(vtype))
+    if not n_vocab:
+        raise ValueError(f"{vocab}: no tokenizer.ggml.tokens")
+    return n_vocab
+
+
 def make_tiny_llama(path: str | os.PathLike, *, vocab: str | os.PathLike | None = None,
                     n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_ff: int = 128,
                     n_ctx_train: int = 4096, seed: int = 0, perturb: float = 0.0,
@@ -93,7 +113,7 @@ def make_tiny_llama(path: str | os.PathLike, *, vocab: str | os.PathLike | None 
     bigram table (next token = f(current token)), whose greedy output falls into a cycle —
     repetitive text on which drafters get accepted, as with real models on grounded prompts.
     """
-    from gguf import GGUFValueType, GGUFWriter, LlamaFileType
+    from gguf import GGUFWriter, LlamaFileType
 
     vocab = Path(vocab) if vocab is not None else vocab_path()
     if n_embd % n_head:
@@ -114,16 +134,7 @@ def make_tiny_llama(path: str | os.PathLike, *, vocab: str | os.PathLike | None 
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(LlamaFileType.ALL_F32)
-    n_vocab = 0
-    for key, vtype, sub, value in read_tokenizer_kv(vocab):
-        if vtype == _ARRAY_TYPE:
-            writer.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=GGUFValueType(sub))
-            if key == "tokenizer.ggml.tokens":
-                n_vocab = len(value)
-        else:
-            writer.add_key_value(key, value, GGUFValueType(vtype))
-    if not n_vocab:
-        raise ValueError(f"{vocab}: no tokenizer.ggml.tokens")
+    n_vocab = copy_tokenizer(writer, vocab)
     writer.add_vocab_size(n_vocab)
 
     rng = np.random.default_rng(seed)
@@ -186,7 +197,7 @@ def make_tiny_qwen35_mtp(path: str | os.PathLike, *, vocab: str | os.PathLike | 
     shares them, so with small ``proj_scale`` both are near the same bigram table and the llama
     drafts for this hybrid target with real (partial) acceptance.
     """
-    from gguf import GGUFValueType, GGUFWriter, LlamaFileType
+    from gguf import GGUFWriter, LlamaFileType
 
     vocab = Path(vocab) if vocab is not None else vocab_path()
     path = Path(path)
@@ -223,16 +234,7 @@ def make_tiny_qwen35_mtp(path: str | os.PathLike, *, vocab: str | os.PathLike | 
     w.add_ssm_inner_size(Vd)
     w.add_full_attention_interval(full_attn_interval)
     w.add_file_type(LlamaFileType.ALL_F32)
-    n_vocab = 0
-    for key, vtype, sub, value in read_tokenizer_kv(vocab):
-        if vtype == _ARRAY_TYPE:
-            w.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=GGUFValueType(sub))
-            if key == "tokenizer.ggml.tokens":
-                n_vocab = len(value)
-        else:
-            w.add_key_value(key, value, GGUFValueType(vtype))
-    if not n_vocab:
-        raise ValueError(f"{vocab}: no tokenizer.ggml.tokens")
+    n_vocab = copy_tokenizer(w, vocab)
     w.add_vocab_size(n_vocab)
 
     def mat(name, shape, std=None):
@@ -331,16 +333,7 @@ def make_tiny_eagle3(path: str | os.PathLike, *, n_embd_target: int = 64,
     w.add_key_value("eagle3.target_layers", [int(i) for i in target_layers], GGUFValueType.ARRAY,
                     sub_type=GGUFValueType.INT32)
     w.add_key_value("eagle3.target_hidden_size", int(n_embd_target), GGUFValueType.UINT32)
-    n_vocab = 0
-    for key, vtype, sub, value in read_tokenizer_kv(vocab):
-        if vtype == _ARRAY_TYPE:
-            w.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=GGUFValueType(sub))
-            if key == "tokenizer.ggml.tokens":
-                n_vocab = len(value)
-        else:
-            w.add_key_value(key, value, GGUFValueType(vtype))
-    if not n_vocab:
-        raise ValueError(f"{vocab}: no tokenizer.ggml.tokens")
+    n_vocab = copy_tokenizer(w, vocab)
     w.add_vocab_size(n_vocab)
 
     def t(name, rows, cols=None):     # numpy shape (rows, cols) = ggml (cols, rows)
@@ -425,18 +418,7 @@ def make_tiny_dflash(path: str | os.PathLike, *, n_embd: int = 64,
     w.add_key_value("dflash.block_size", int(block_size), GGUFValueType.UINT32)
     w.add_key_value("dflash.target_layers", layers, GGUFValueType.ARRAY,
                     sub_type=GGUFValueType.INT32)
-    n_vocab = 0
-    for key, vtype, sub, value in read_tokenizer_kv(vocab):
-        if key == "tokenizer.ggml.mask_token_id":
-            continue
-        if vtype == _ARRAY_TYPE:
-            w.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=GGUFValueType(sub))
-            if key == "tokenizer.ggml.tokens":
-                n_vocab = len(value)
-        else:
-            w.add_key_value(key, value, GGUFValueType(vtype))
-    if not n_vocab:
-        raise ValueError(f"{vocab}: no tokenizer.ggml.tokens")
+    n_vocab = copy_tokenizer(w, vocab, skip=("tokenizer.ggml.mask_token_id",))
     if mask_token_id is not None:
         if not 0 <= mask_token_id < n_vocab:
             raise ValueError(f"mask_token_id must be a token id in [0, {n_vocab}), "
