@@ -23,7 +23,10 @@ import spec  # noqa: E402
 from spec import _core  # noqa: E402
 from spec.engine import DRAFTERS  # noqa: E402
 
-TIE = 1e-3      # a divergence is tolerated only where plain greedy's top-two logits nearly tie
+# A divergence is tolerated only where plain greedy's top-two logits nearly tie: the default
+# model's Q4_K weights quantize activations per batch, so its ties reach 0.15 logits (as in
+# tests/test_engine.py::test_lossless_on_the_default_model).
+TIE = 0.15
 ROWS = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -35,17 +38,18 @@ def first_divergence(plain, other) -> int | None:
     if diff.size == 0:
         return None if len(a) == len(b) else n
     i = int(diff[0])
+    print(f"  diverges at token {i}: plain top-two margin {plain.margins[i]:.4f}")
     return None if plain.margins[i] <= TIE else i
 
 
-def verify_cost(model) -> dict[int, float]:
+def verify_cost(model, rows_measured=ROWS) -> dict[int, float]:
     """Median seconds of one decode of k rows (all logits), k in ROWS, after a 256-token prompt."""
     ctx = spec.Context(model, n_ctx=1024)
     prompt = np.arange(100, 356, dtype=np.int32) % model.n_vocab
     ctx.decode(prompt)
     rows = np.arange(1000, 1000 + max(ROWS), dtype=np.int32) % model.n_vocab
     cost = {}
-    for k in ROWS:
+    for k in rows_measured:
         times = []
         for _ in range(7):
             ctx.kv_remove(0, len(prompt), -1)
@@ -76,6 +80,8 @@ def main() -> int:
     parser.add_argument("--n-gpu-layers", type=int, default=-1)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--max-rows", type=int, default=max(ROWS),
+                        help="largest verify batch whose cost is measured")
     parser.add_argument("--drafters", default="",
                         help="';'-separated drafter names (default: every drafter)")
     parser.add_argument("--allow-cpu", action="store_true",
@@ -91,8 +97,8 @@ def main() -> int:
         print("FAIL: no GPU backend in this build (install with CMAKE_ARGS=\"-DGGML_CUDA=on\")")
         return 1
 
-    from _workloads import code_rewrite_streams
-    prompts = [p for p, _ in code_rewrite_streams(args.prompts)]
+    from _workloads import code_prompts
+    prompts = code_prompts(args.prompts)
     model = spec.Model(spec.models.resolve(args.model), n_gpu_layers=args.n_gpu_layers)
     failures = []
     rows = []
@@ -104,6 +110,11 @@ def main() -> int:
             plain_runs[i] = engine.generate(p, max_tokens=args.max_tokens, trace=True)
         plain_s = time.perf_counter() - t0
     n_tokens = sum(len(r.tokens) for r in plain_runs.values())
+    short = [i for i, r in plain_runs.items() if len(r.tokens) < args.max_tokens // 2]
+    if short:   # an empty output would make every comparison below vacuous
+        print(f"FAIL: plain decoding stopped early on prompts {short} "
+              f"({[len(plain_runs[i].tokens) for i in short]} tokens)")
+        return 1
     rows.append(("plain", plain_s, n_tokens, 1.0, "-", "ok"))
     for drafter in args.drafters.split(";") if args.drafters else DRAFTERS:
         with spec.Engine(model, drafter=drafter, n_ctx=4096) as engine:
@@ -129,16 +140,17 @@ def main() -> int:
         elapsed = time.perf_counter() - t0
     rows.append(_checked("draft model", plain_runs, results, elapsed, plain_s, failures))
     draft.close()
-    cost = verify_cost(model)
+    rows_measured = tuple(k for k in ROWS if k <= args.max_rows)
+    cost = verify_cost(model, rows_measured)
     model.close()
 
-    print(f"\n{args.prompts} code-rewrite prompts x {args.max_tokens} tokens, greedy, "
+    print(f"\n{args.prompts} code-rewrite prompts (bench/_workloads.py code_prompts) x {args.max_tokens} tokens, greedy, "
           f"n_gpu_layers={args.n_gpu_layers}")
     print(f"{'drafter':<16}{'time s':>9}{'tokens':>8}{'speedup':>9}{'accept':>8}  lossless")
     for name, s, n, speedup, acc, status in rows:
         print(f"{name:<16}{s:>9.2f}{n:>8}{speedup:>8.2f}x{acc:>8}  {status}")
     print("\nverify cost by rows (one decode, all logits): " + ", ".join(
-        f"{k}: {cost[k] * 1e3:.2f} ms ({cost[k] / cost[1]:.2f}x)" for k in ROWS))
+        f"{k}: {cost[k] * 1e3:.2f} ms ({cost[k] / cost[1]:.2f}x)" for k in rows_measured))
     if failures:
         print("\nFAIL: " + "; ".join(failures))
         return 1

@@ -39,4 +39,4 @@ echo "vulkan.sh: build took $((SECONDS - start)) s"
 python -m spec info | tee /dev/stderr | grep -q "^device: *Vulkan" \
     || { echo "vulkan.sh: no Vulkan device found" >&2; exit 1; }
 python -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
-python bench/gpu_check.py --n-gpu-layers -1 --prompts 2 --max-tokens 48
+python bench/gpu_check.py --n-gpu-layers -1 --prompts 1 --max-tokens 32 --max-rows 8
