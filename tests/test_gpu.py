@@ -42,7 +42,9 @@ def plain(offloaded):
     """Plain greedy runs of two prompts, with their top-two margins."""
     prompts = ["def add(a, b):\n    return a + b\n", "The quick brown fox jumps over"]
     with spec.Engine(offloaded, drafter=None, n_ctx=512) as engine:
-        return prompts, [engine.generate(p, max_tokens=N_GEN, trace=True) for p in prompts]
+        runs = [engine.generate(p, max_tokens=N_GEN, trace=True) for p in prompts]
+    assert all(len(r.tokens) == N_GEN for r in runs)    # nothing to compare otherwise
+    return prompts, runs
 
 
 def test_the_model_is_on_the_device(offloaded, caplog):
