@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 from buildsupport.llama_build import ensure_built, locate, portable, sanitizers  # noqa: E402
 
-LLAMA_LINKED = {"spec._core", "spec._log", "spec._sessions", "spec._upstream"}
+LLAMA_LINKED = {"spec._runtime._core", "spec._runtime._log", "spec.drafters._upstream",
+                "spec.drafters.sessions._sessions"}
 
 DIRECTIVES = dict(language_level=3, boundscheck=False, wraparound=False,
                   initializedcheck=False, cdivision=True, embedsignature=True)
@@ -65,7 +66,8 @@ def extensions(llama):
         linked = name in LLAMA_LINKED
         exts.append(Extension(
             name, [str(pyx.relative_to(ROOT))], language="c++",
-            include_dirs=[np.get_include(), *llama.include_dirs],  # cimporting _core needs llama.h
+            # the repository root: spec/_c/*.h; cimporting _core needs llama.h
+            include_dirs=[str(ROOT), np.get_include(), *llama.include_dirs],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
                            ("GGML_USE_CPU", None), ("LLAMA_SUBPROCESS", None)],
             extra_compile_args=["-std=c++17", "-O3", *NATIVE, *SANITIZE],

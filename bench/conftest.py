@@ -16,7 +16,7 @@ THREADS = int(os.environ.get("SPEC_BENCH_THREADS", os.cpu_count() or 2))
 
 
 def machine() -> dict:
-    import spec._core as core
+    import spec._runtime._core as core
     cpu = ""
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))

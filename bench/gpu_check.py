@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import spec  # noqa: E402
-from spec import _core  # noqa: E402
+from spec._runtime import _core  # noqa: E402
 from spec.engine import DRAFTERS  # noqa: E402
 
 # A divergence is tolerated only where plain greedy's top-two logits nearly tie: the default

@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this clone's build of spec
 
 import spec  # noqa: E402
-from spec import _core  # noqa: E402
+from spec._runtime import _core  # noqa: E402
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ def worker(config: str, inp: str, out: str, max_tokens: int) -> dict:
                 "n_drafted": s["n_drafted"], "n_accepted": s["n_accepted"], "ray_init_s": 0.0}
     import logging
     import ray
-    from spec.ray_batch import run_ray_batch
+    from spec.jobs.ray_batch import run_ray_batch
     t0 = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR,
              log_to_driver=False)

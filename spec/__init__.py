@@ -2,7 +2,7 @@
 
 Research code imports everything from here:
 
-- :class:`Model`, :class:`Context` — handles over llama.cpp (``spec._core``);
+- :class:`Model`, :class:`Context` — handles over llama.cpp (``spec._runtime._core``);
 - :class:`Engine` — generation with a drafter (``spec.engine``);
 - drafters: :class:`NgramSimple`, :class:`NgramMapK`, :class:`NgramMapK4V`, :class:`NgramMod`,
   :class:`NgramCache`, :class:`SuffixTree`, :func:`llama_drafter` (llama.cpp's own), and
@@ -13,16 +13,16 @@ Research code imports everything from here:
   the :class:`Batch` each target decode took;
 - :func:`simulate` — replay a token stream through a drafter without a model.
 """
-from spec._errors import (ClosedError, ContextError, ContextOverflowError, DecodeAbortedError,
+from spec._runtime._errors import (ClosedError, ContextError, ContextOverflowError, DecodeAbortedError,
                           DecodeError, EngineBusyError, InvalidBatchError, KVCacheFullError,
                           ModelLoadError, NonFiniteLogitsError, RequestError, SpecError)
-from spec._core import Context, Model
+from spec._runtime._core import Context, Model
 from spec.engine import Engine, Result, Stats, drafter_names, make_drafter
 from spec.models import ModelNotInstalledError
 from spec.ngram import (Drafter, DrafterChain, NgramCache, NgramMapK, NgramMapK4V, NgramMod, NgramSimple,
                         PythonDrafter, SuffixTree)
-from spec._simulate import SimResult, simulate
-from spec._upstream import LlamaDrafter
+from spec._loop._simulate import SimResult, simulate
+from spec.drafters._upstream import LlamaDrafter
 from spec.sessions import (Batch, BadSeqIdError, DFlashSession, DraftModelSession, Eagle3Session,
                            InvalidConfigError, MtpSession, Session, SessionConfig,
                            SessionInitError, SessionProcessError)

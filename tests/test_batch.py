@@ -43,11 +43,11 @@ def make_prompts(n: int) -> list[str]:
 PROMPTS = make_prompts(12)
 
 try:
-    import spec.ngram._suffix  # noqa: F401
+    import spec.drafters._suffix  # noqa: F401
     SUFFIX = ["suffix"]
 except ImportError:
     SUFFIX = [pytest.param("suffix", marks=pytest.mark.skip(
-        reason="spec.ngram._suffix is not built"))]
+        reason="spec.drafters._suffix is not built"))]
 DRAFTERS = ["none", "ngram-simple", *SUFFIX]
 
 
@@ -502,7 +502,7 @@ def test_drafts_leave_room_for_a_prompt_joining_the_verify_batch(bigram_model_pa
     """n_batch=8: a prompt whose last chunk is decoded joins that step's verify batch, so the
     running sequence's draft is capped as if the prompt were already generating (7 drafted
     rows + its last token + the joining token would overflow the batch)."""
-    from spec._engine import Loop, Sequence
+    from spec._loop._engine import Loop, Sequence
     with Engine(str(bigram_model_path), drafter="ngram-simple", n_draft=7, n_ctx=N_CTX,
                 n_batch=8, n_parallel=2, n_threads=THREADS) as engine:
         tokenize = engine.model.tokenize
@@ -526,7 +526,7 @@ def test_drafts_leave_room_for_a_prompt_joining_the_verify_batch(bigram_model_pa
 
 
 def test_a_new_prompt_prefills_while_running_sequences_generate(bigram_model_path):
-    from spec._engine import Loop, Sequence
+    from spec._loop._engine import Loop, Sequence
     with Engine(str(bigram_model_path), drafter=None, n_ctx=N_CTX, n_batch=16, n_parallel=2,
                 n_threads=THREADS) as engine:
         tokenize = engine.model.tokenize

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 import spec
-import spec._core  # noqa: F401  (loads llama.cpp)
-import spec._upstream  # noqa: F401
+import spec._runtime._core  # noqa: F401  (loads llama.cpp)
+import spec.drafters._upstream  # noqa: F401
 from buildsupport import llama_build
 
 LIBS = ("libllama", "libllama-common", "libggml", "libggml-base", "libggml-cpu")
@@ -56,7 +56,7 @@ def test_sanitizers_have_their_own_build(monkeypatch):
 
 
 def test_backends_and_devices_of_the_default_build():
-    from spec._core import backends, devices
+    from spec._runtime._core import backends, devices
     assert "CPU" in backends()
     cpus = [d for d in devices() if d["type"] == "cpu"]
     assert cpus and cpus[0]["memory_total"] > 0 and cpus[0]["name"]

@@ -328,7 +328,7 @@ def test_at_most_one_model_stage(pair, mtp_paths):
     with pytest.raises(ValueError, match="at most one model-based session stage"):
         spec.DrafterChain([spec.SuffixTree(), *sessions])
     with pytest.raises(ValueError, match="target_ctx"):    # the loop checks the chain's session
-        from spec._engine import Loop
+        from spec._loop._engine import Loop
         Loop(spec.Context(target.model, n_ctx=128), spec.DrafterChain([sessions[0]]),
              n_draft_max=4)
     sessions[1].close()

@@ -45,7 +45,7 @@ def test_generate_json(tiny_model, tiny_model_path):
 
 
 def test_generate_json_equals_the_library(tiny_model, tiny_model_path):
-    from spec._core import Context
+    from spec._runtime._core import Context
     with Context(tiny_model, n_ctx=256, n_threads=1) as ctx:
         expected = ctx.generate_greedy(tiny_model.tokenize("The quick brown fox"), 8)[0]
     out = generate_json(tiny_model_path, "--prompt", "The quick brown fox", "--max-tokens", 8)

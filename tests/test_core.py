@@ -1,4 +1,4 @@
-"""spec._core: Model and Context handles, plain greedy generation, KV operations, bad input.
+"""spec._runtime._core: Model and Context handles, plain greedy generation, KV operations, bad input.
 
 Greedy generation is checked against llama.cpp's own ``llama-completion`` tool built from the
 same source, on a tiny random f32 model, whose top logits are far apart enough that batch shapes
@@ -20,8 +20,8 @@ import pytest
 
 import spec.testing
 from spec import _build_info
-from spec._core import Context, Model
-from spec._errors import (ClosedError, ContextOverflowError, InvalidBatchError, ModelLoadError,
+from spec._runtime._core import Context, Model
+from spec._runtime._errors import (ClosedError, ContextOverflowError, InvalidBatchError, ModelLoadError,
                           SpecError)
 from spec.engine import Engine
 
@@ -408,8 +408,8 @@ def test_truncated_gguf(tmp_path, tiny_model_path):
         paths.append(str(p))
     # first in a separate interpreter: an abort inside llama.cpp must not take pytest down
     r = run_python(f"""
-        from spec._core import Model
-        from spec._errors import ModelLoadError
+        from spec._runtime._core import Model
+        from spec._runtime._errors import ModelLoadError
         for p in {paths!r}:
             try:
                 Model(p)
@@ -525,7 +525,7 @@ def test_bad_sequence_ids(tiny_model, ctx):
 def test_context_over_a_vocab_only_model_raises(vocab_path):
     """A vocabulary-only model has no weights: running it must raise, not abort the process."""
     r = run_python(f"""
-        from spec._core import Model, Context
+        from spec._runtime._core import Model, Context
         m = Model({str(vocab_path("llama-spm"))!r}, vocab_only=True)
         try:
             c = Context(m, n_ctx=64)

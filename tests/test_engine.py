@@ -258,7 +258,7 @@ def _ratio(cost: dict) -> float:
 
 
 def test_cost_model_fits_varied_batches_and_recovers_when_drafting_stops(tiny_model):
-    from spec._engine import Loop
+    from spec._loop._engine import Loop
 
     a, b = 0.010, 0.004                                   # seconds: a 1-row step costs 14 ms
     with spec.Context(tiny_model, n_ctx=256) as ctx:
@@ -294,7 +294,7 @@ def _measure(loop, sizes, cost=_tiled_cost):
 
 
 def test_plan_lands_on_measured_cheap_batch_sizes(tiny_model):
-    from spec._engine import Loop
+    from spec._loop._engine import Loop
 
     with spec.Context(tiny_model, n_ctx=256) as ctx:
         loop = Loop(ctx, None, draft_cost=0.43)
@@ -324,7 +324,7 @@ def test_plan_lands_on_measured_cheap_batch_sizes(tiny_model):
 
 
 def test_plan_trusts_a_long_run_of_matched_drafts(tiny_model):
-    from spec._engine import Loop
+    from spec._loop._engine import Loop
 
     with spec.Context(tiny_model, n_ctx=256) as ctx:
         loop = Loop(ctx, None, draft_cost=0.43)
@@ -341,7 +341,7 @@ def test_plan_trusts_a_long_run_of_matched_drafts(tiny_model):
 
 
 def test_cost_table_entries_expire_and_exploration_tries_stale_tiles(tiny_model):
-    from spec._engine import Loop
+    from spec._loop._engine import Loop
 
     with spec.Context(tiny_model, n_ctx=256) as ctx:
         loop = Loop(ctx, None, draft_cost=0.43)

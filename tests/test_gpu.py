@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 import spec
-from spec import _log
-from spec._core import backends, devices
+from spec._runtime import _log
+from spec._runtime._core import backends, devices
 from spec.engine import DRAFTERS
 from test_engine import assert_lossless
 

@@ -1,4 +1,4 @@
-"""Every close order of the handles over llama.cpp memory (spec._handle's one rule).
+"""Every close order of the handles over llama.cpp memory (spec._runtime._handle's one rule).
 
 Model, Context, a numpy view of the logits, a session, an engine and its stream are closed (or
 dropped) in every order, in this thread and in another one: nothing crashes, a closed handle
@@ -155,7 +155,7 @@ def test_engine_and_stream_close_orders(pair, order):
 
 
 def test_a_closed_session_refuses_an_engine_step(pair):
-    from spec._engine import Loop
+    from spec._loop._engine import Loop
     h = Handles(pair)
     loop = Loop(h.ct, h.session, n_draft_max=4)
     h.session.close()

@@ -2,10 +2,10 @@
 
 Three implementations are compared on the same token streams, draft call by draft call:
 
-- the Cython drafters (``spec.ngram._mod``, ``spec.ngram._cache``);
+- the Cython drafters (``spec.drafters.ngram._mod``, ``spec.drafters.ngram._cache``);
 - a plain-Python transcription of upstream's C++ below (``RefNgramMod``, ``RefNgramCache``), which
   also reports where an ngram-cache decision rested on a tie of equal scores;
-- llama.cpp itself through ``spec._upstream.LlamaDrafter`` (its ``common_speculative``).
+- llama.cpp itself through ``spec.drafters._upstream.LlamaDrafter`` (its ``common_speculative``).
 
 ngram-cache breaks ties by ``std::unordered_map`` iteration order upstream and by lowest token id
 here, so against llama.cpp a draft is compared up to its first tie-decided token.
@@ -22,22 +22,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spec.ngram._cache import NgramCache
-from spec.ngram._mod import NgramMod
+from spec.drafters.ngram._cache import NgramCache
+from spec.drafters.ngram._mod import NgramMod
 
 try:
-    from spec._simulate import simulate
+    from spec._loop._simulate import simulate
 except ImportError:                                    # pragma: no cover - depends on the build
     simulate = None
 try:
-    from spec._upstream import LlamaDrafter
+    from spec.drafters._upstream import LlamaDrafter
 except ImportError:                                    # pragma: no cover - depends on the build
     LlamaDrafter = None
 
 needs_upstream = pytest.mark.skipif(
     LlamaDrafter is None or simulate is None,
-    reason="spec._upstream / spec._simulate are not built, so there is no llama.cpp reference")
-needs_simulate = pytest.mark.skipif(simulate is None, reason="spec._simulate is not built")
+    reason="spec.drafters._upstream / spec._loop._simulate are not built, so there is no llama.cpp reference")
+needs_simulate = pytest.mark.skipif(simulate is None, reason="spec._loop._simulate is not built")
 
 MUL = 6364136223846793005
 M64 = (1 << 64) - 1
@@ -226,7 +226,7 @@ class RefNgramCache:
 
 
 def ref_simulate(ref, tokens, *, n_max, prompt_len=0):
-    """spec._simulate.simulate's replay for a reference: (drafts, tie positions) per call."""
+    """spec._loop._simulate.simulate's replay for a reference: (drafts, tie positions) per call."""
     toks = [int(t) for t in tokens]
     n = len(toks)
     p = min(max(prompt_len, 1), n)

@@ -3,8 +3,8 @@
 Three layers of evidence:
 - a literal Python transcription of llama.cpp's common/ngram-map.cpp and of how
   common/speculative.cpp drives it (``Ref*`` below), compared draft by draft and state by state;
-- llama.cpp itself (``spec._upstream.LlamaDrafter``), compared draft by draft through
-  ``spec._simulate.simulate`` on synthetic, random and code-like streams;
+- llama.cpp itself (``spec.drafters._upstream.LlamaDrafter``), compared draft by draft through
+  ``spec._loop._simulate.simulate`` on synthetic, random and code-like streams;
 - hypothesis properties that hold whatever the reference says.
 """
 import gzip
@@ -16,17 +16,17 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from spec.ngram._map import NgramMap, NgramMapK, NgramMapK4V
-from spec.ngram._simple import NgramSimple
+from spec.drafters.ngram._map import NgramMap, NgramMapK, NgramMapK4V
+from spec.drafters.ngram._simple import NgramSimple
 
 try:
-    from spec._upstream import LlamaDrafter
+    from spec.drafters._upstream import LlamaDrafter
     _UPSTREAM_ERROR = None
 except ImportError as e:  # the llama.cpp-linked module is not built
     LlamaDrafter = None
     _UPSTREAM_ERROR = str(e)
 try:
-    from spec._simulate import simulate
+    from spec._loop._simulate import simulate
     _SIMULATE_ERROR = None
 except ImportError as e:
     simulate = None
@@ -34,9 +34,9 @@ except ImportError as e:
 
 requires_upstream = pytest.mark.skipif(
     LlamaDrafter is None or simulate is None,
-    reason=f"spec._upstream / spec._simulate not built: {_UPSTREAM_ERROR or _SIMULATE_ERROR}")
+    reason=f"spec.drafters._upstream / spec._loop._simulate not built: {_UPSTREAM_ERROR or _SIMULATE_ERROR}")
 requires_simulate = pytest.mark.skipif(simulate is None,
-                                       reason=f"spec._simulate not built: {_SIMULATE_ERROR}")
+                                       reason=f"spec._loop._simulate not built: {_SIMULATE_ERROR}")
 
 TYPES = ("ngram-simple", "ngram-map-k", "ngram-map-k4v")
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -103,7 +103,7 @@ class RefNgramMap:
     """common_ngram_map with common_ngram_map_{begin,draft,accept}.
 
     Reads past the end of the history (undefined upstream) compare unequal, as slicing does here
-    and the bounds checks do in spec.ngram._map.
+    and the bounds checks do in spec.drafters.ngram._map.
     """
 
     def __init__(self, size_key, size_value, key_only, min_hits):

@@ -12,9 +12,9 @@ import pytest
 
 import spec
 import spec.testing
-from spec._core import Context, Model
-from spec._engine import Loop, Sequence
-from spec._errors import (ClosedError, ContextOverflowError, EngineBusyError,
+from spec._runtime._core import Context, Model
+from spec._loop._engine import Loop, Sequence
+from spec._runtime._errors import (ClosedError, ContextOverflowError, EngineBusyError,
                           NonFiniteLogitsError)
 from spec.engine import Engine, make_drafter
 from test_core import crash_lines, gguf_tensor_offset, run_python
@@ -41,7 +41,7 @@ def test_kv_remove_rejects_seq_id_below_minus_one(tiny_model):
 
 def test_kv_remove_seq_below_minus_one_does_not_abort(tiny_model_path):
     r = run_python(f"""
-        from spec._core import Context, Model
+        from spec._runtime._core import Context, Model
         ctx = Context(Model({str(tiny_model_path)!r}), n_ctx=64, n_threads=1)
         try:
             ctx.kv_remove(-5)
@@ -112,8 +112,8 @@ def test_model_close_while_tokenize_runs_in_another_thread(tiny_model_path):
     # tokenize runs without the GIL; close() used to free the vocabulary under it (5 of 5 runs)
     r = run_python(f"""
         import threading, time
-        from spec._core import Context, Model
-        from spec._errors import ClosedError
+        from spec._runtime._core import Context, Model
+        from spec._runtime._errors import ClosedError
         text = "hello world, " * 400000
         for round in range(5):
             model = Model({str(tiny_model_path)!r})
@@ -192,7 +192,7 @@ def test_a_drafter_shared_by_engines_in_threads_does_not_crash(tiny_model_path):
     r = run_python(f"""
         import threading
         import spec
-        from spec._errors import EngineBusyError
+        from spec._runtime._errors import EngineBusyError
         model = spec.Model({str(tiny_model_path)!r})
         for name in ["suffix", "llama:ngram-simple", "ngram-map-k"]:
             drafter = spec.make_drafter(name)
@@ -244,7 +244,7 @@ def test_raw_context_close_during_an_engine_generation_in_threads(tiny_model_pat
     r = run_python(f"""
         import threading, time
         import spec
-        from spec._errors import ClosedError, EngineBusyError
+        from spec._runtime._errors import ClosedError, EngineBusyError
         engine = spec.Engine({str(tiny_model_path)!r}, drafter="suffix", n_ctx=2048, n_threads=1)
         def gen():
             try:

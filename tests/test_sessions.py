@@ -225,7 +225,7 @@ def test_close_under_live_session_is_deferred(pair):
 
 
 def test_loop_refuses_foreign_session(pair):
-    from spec._engine import Loop
+    from spec._loop._engine import Loop
     ct, cd = Context(Model(pair[0]), n_ctx=128), Context(Model(pair[1]), n_ctx=128)
     other = Context(ct.model, n_ctx=128)
     s = DraftModelSession(ct, cd, 1, 4)
@@ -478,7 +478,7 @@ def test_dflash_engine_batch(dflash_pair):
 
 
 def test_dflash_session_by_hand(dflash_pair):
-    from spec._sessions import _ctx_extraction
+    from spec.drafters.sessions._sessions import _ctx_extraction
     ct, cd = dflash_contexts(dflash_pair)
     s = spec.DFlashSession(ct, cd, 1, 3)
     assert (s.need_embd(), s.need_embd_pre_norm(), s.need_embd_layers()) == (False, False,
@@ -613,7 +613,7 @@ def test_config_builders():
 
 
 def test_need_embd_comes_from_the_backend(pair, mtp_path, eagle3_pair, tmp_path, vocab_path):
-    from spec._sessions import _ctx_extraction
+    from spec.drafters.sessions._sessions import _ctx_extraction
     # draft-simple asks nothing of the target; a target that already extracts keeps doing so
     ct = Context(Model(pair[0]), n_ctx=128, embeddings=True)
     s = DraftModelSession(ct, Context(Model(pair[1]), n_ctx=128), 1, 4)

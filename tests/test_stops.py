@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spec._stops import StopScanner
+from spec._loop._stops import StopScanner
 from spec.engine import Engine
 
 PIECES = {0: b"def", 1: b" f", 2: b"(x", 3: b"):", 4: b"\n`", 5: b"``", 6: b"\n", 7: b"Th",

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spec.ngram._suffix import SuffixTree
+from spec.drafters._suffix import SuffixTree
 
 
 # -- reference ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spec._core import Model
+from spec._runtime._core import Model
 
 SEP = b"\n__ggml_vocab_test__\n"
 

@@ -6,10 +6,10 @@ import time
 import numpy as np
 import pytest
 
-from spec._simulate import SimResult, simulate
-from spec._upstream import (DEFAULTS, SUPPORTED_TYPES, LlamaDrafter, get_log_verbosity,
+from spec._loop._simulate import SimResult, simulate
+from spec.drafters._upstream import (DEFAULTS, SUPPORTED_TYPES, LlamaDrafter, get_log_verbosity,
                             set_log_verbosity, supported_types)
-from spec.ngram._base import Drafter
+from spec.drafters._base import Drafter
 
 # Small parameters so that short streams produce drafts (upstream defaults need ~61 tokens).
 SMALL = {

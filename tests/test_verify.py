@@ -1,4 +1,4 @@
-"""Tests of spec._verify: greedy known answers, losslessness of speculative sampling (chi-square
+"""Tests of spec._loop._verify: greedy known answers, losslessness of speculative sampling (chi-square
 against the target distribution at fixed seeds), the filter chain against a numpy reference,
 reproducibility and input validation."""
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from spec._verify import (Sampler, _rng_u64, _top2_margin, _workspace_too_small, target_probs,
+from spec._loop._verify import (Sampler, _rng_u64, _top2_margin, _workspace_too_small, target_probs,
                           verify_greedy_np, verify_stochastic_np)
 
 try:

@@ -1,0 +1,23 @@
+"""Type stubs for spec.drafters._chain (chains of drafters)."""
+from typing import Sequence
+
+from spec.drafters.sessions._sessions import Session
+from spec.drafters._base import Drafter
+
+STAT_KEYS: tuple[str, ...]
+
+def format_stages(stages: list[dict]) -> str: ...
+def stage_delta(after: list[dict], before: list[dict]) -> list[dict]: ...
+
+class DrafterChain(Drafter):
+    stages: tuple[Drafter, ...]
+    names: tuple[str, ...]
+    n_min: tuple[int, ...]
+    n_max: tuple[int, ...]
+    session: Session | None
+    def __init__(self, stages: Sequence[Drafter], names: Sequence[str] | None = None,
+                 n_min: int | Sequence[int] = 0, n_max: int | Sequence[int] = 0) -> None: ...
+    def reset(self) -> None: ...
+    def stage_stats(self) -> list[dict]: ...
+    def format_stats(self) -> str: ...
+    def print_stats(self) -> None: ...

@@ -1,0 +1,13 @@
+"""Type stubs for spec.drafters._python (drafters written in Python)."""
+import numpy as np
+import numpy.typing as npt
+
+from spec.drafters._base import Drafter
+
+class PythonDrafter(Drafter):
+    def begin(self, prompt: npt.NDArray[np.int32], seq_id: int = 0) -> None: ...
+    def draft(self, history: npt.NDArray[np.int32], id_last: int, n_max: int,
+              seq_id: int = 0) -> npt.ArrayLike: ...  # type: ignore[override]
+    def accept(self, n_accepted: int, seq_id: int = 0) -> None: ...
+    def end(self, output: npt.NDArray[np.int32] = ..., seq_id: int = 0) -> None: ...
+    def reset(self) -> None: ...
