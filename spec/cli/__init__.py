@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from spec.cli._options import add_generation_options, add_model_options
+from spec.cli.batch import add_arguments as add_batch_arguments, cmd_batch
 
 DEMO_PROMPT = '''Here is a Python function:
 
@@ -60,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-tokens", type=int, default=128)
     demo.add_argument("--json", action="store_true")
 
-    from spec.batch import add_arguments as add_batch_arguments
     add_batch_arguments(sub.add_parser("batch", help="resumable batch generation: JSONL prompts "
                                                      "in, one JSON line per finished request out"))
     return parser
@@ -184,7 +184,6 @@ def main(argv=None) -> int:
     _configure_logging(getattr(args, "verbose", False))
     from spec._runtime._errors import SpecError
     try:
-        from spec.batch import cmd_batch
         return {"info": cmd_info, "generate": cmd_generate, "demo": cmd_demo,
                 "batch": cmd_batch}[args.command](args)
     except (SpecError, OSError, ValueError) as e:     # OSError: missing, directory, unreadable

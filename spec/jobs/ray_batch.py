@@ -1,7 +1,8 @@
-"""``python -m spec batch --ray``: the batch job on Ray Data, reading and writing JSONL or Parquet.
+"""The batch job on Ray Data, reading and writing JSONL or Parquet (:func:`run_ray_batch`; the
+command line over it is ``python -m spec batch --ray``, :mod:`spec.cli.batch`).
 
 The input is a JSONL (``.jsonl``, ``.json``) or Parquet (``.parquet``) file or directory of
-rows (see :mod:`spec.ray`); the output is a directory of Parquet or JSONL files written by Ray
+rows (see :mod:`spec.jobs.ray`); the output is a directory of Parquet or JSONL files written by Ray
 Data, one set of files per run. Re-running the same command resumes: rows whose ``id`` appears
 in the output directory's files are skipped (an input with results in the directory therefore
 needs an ``id`` column). A file a killed run left unreadable is renamed ``*.unreadable`` and its
@@ -10,7 +11,6 @@ rows are generated again.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -80,7 +80,7 @@ def run_ray_batch(input_path, output_dir, *, ray_address=None, concurrency=1, th
     import ray
     import ray.data
 
-    import spec.ray
+    from spec.jobs import ray as jobs_ray
 
     input_path, output_dir = Path(input_path), Path(output_dir)
     if not input_path.exists():
@@ -130,7 +130,7 @@ def run_ray_batch(input_path, output_dir, *, ray_address=None, concurrency=1, th
         per_actor = -(-(n_rows - n_skipped) // concurrency)
         batch_size = max(4 * n_parallel, min(32 * n_parallel, per_actor))
     ds = ds.repartition(max(1, -(-(n_rows - n_skipped) // batch_size))).materialize()
-    out = spec.ray.generate(ds, concurrency=concurrency, threads_per_actor=threads,
+    out = jobs_ray.generate(ds, concurrency=concurrency, threads_per_actor=threads,
                             batch_size=batch_size, **options)
     output_dir.mkdir(parents=True, exist_ok=True)
     t_gen = time.perf_counter()
@@ -138,10 +138,10 @@ def run_ray_batch(input_path, output_dir, *, ray_address=None, concurrency=1, th
         (out.write_parquet if fmt_out == "parquet" else out.write_json)(str(output_dir))
     wall = time.perf_counter() - t_gen
     new = [f for f in _output_files(output_dir) if f not in set(before)]
-    table = read_outputs(new, list(spec.ray.OUTPUT_COLUMNS)) if new else None
-    s = spec.ray.summarize(table if table is not None
+    table = read_outputs(new, list(jobs_ray.OUTPUT_COLUMNS)) if new else None
+    s = jobs_ray.summarize(table if table is not None
                            else pa.table({c: pa.array([], type=f.type) for c, f in
-                                          zip(spec.ray.OUTPUT_COLUMNS, spec.ray.OUTPUT_SCHEMA)}))
+                                          zip(jobs_ray.OUTPUT_COLUMNS, jobs_ray.OUTPUT_SCHEMA)}))
     return {
         "input": str(input_path), "output": str(output_dir), "format": fmt_out,
         "requests": n_rows, "skipped": n_skipped, "done": s.generated, "errors": s.errors,
@@ -179,32 +179,3 @@ def format_summary(s: dict) -> str:
         lines.append(f"  ... ({s['errors'] - len(s['error_rows'])} more in the 'error' column)")
     lines.append(totals_line(s))
     return "\n".join(lines)
-
-
-def cmd_ray_batch(args) -> int:
-    import json
-    try:
-        import ray.exceptions
-    except ImportError:
-        print('error: --ray needs Ray Data: pip install "spec[ray]"', file=sys.stderr)
-        return 2
-    try:
-        summary = _run_from_args(args)
-    except ray.exceptions.RayError as e:       # e.g. an actor could not start (model missing)
-        print(f"error: the Ray job failed: {e}", file=sys.stderr)
-        return 1
-    print(format_summary(summary), file=sys.stderr)
-    if args.json:
-        print(json.dumps(summary))
-    return 0
-
-
-def _run_from_args(args) -> dict:
-    return run_ray_batch(
-        args.input, args.output, ray_address=args.ray_address, concurrency=args.concurrency,
-        threads=args.threads, output_format=args.output_format,
-        progress=not args.no_progress, batch_size=args.batch_size, model=args.model,
-        drafter=args.drafter, n_draft=args.n_draft, n_parallel=args.n_parallel,
-        n_ctx=args.n_ctx, order=args.order.replace("-", "_"), max_tokens=args.max_tokens,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-        seed=args.seed, stop=args.stop)
