@@ -13,6 +13,7 @@ cimport cython
 from libc.stdint cimport uint64_t
 
 from spec._c.typedefs cimport token_t
+from spec._runtime._argmax cimport argmax   # re-declared here for the kernels' users
 
 
 cdef struct SamplerParams:
@@ -48,8 +49,7 @@ cdef struct Workspace:   # scratch buffers sized for one vocabulary; allocated o
 cdef int workspace_init(Workspace* ws, int n_vocab) except -1 nogil
 cdef void workspace_free(Workspace* ws) noexcept nogil   # idempotent; leaves the struct zeroed
 
-# Highest logit, lowest index on ties; NaNs are never picked (0 if no row entry beats -inf).
-cdef token_t argmax(const float* logits, int n_vocab) noexcept nogil
+# argmax(logits, n_vocab) (cimported above): highest logit, lowest index on ties; NaNs never win.
 # Top-1 minus top-2 logit (+inf when n_vocab == 1); the top-1 id goes to *top if top != NULL.
 cdef float top2_margin(const float* logits, int n_vocab, token_t* top) noexcept nogil
 

@@ -39,7 +39,8 @@ cdef extern from *:
     """
     /* The two O(V) loops every row pays for, in C so gcc vectorizes them (SSE2 at -O3). Both
        need -fno-trapping-math to if-convert the selects; measured on a 256k-token row: max
-       0.22 -> 0.065 ms, exp + sum 1.2 -> 0.39 ms against a glibc expf loop. */
+       0.22 -> 0.065 ms, exp + sum 1.2 -> 0.39 ms against a glibc expf loop. The max (and the
+       argmax over it) lives in spec/_runtime/_argmax.pxd: _core's plain greedy loop uses it too. */
     #include <math.h>
     #include <stdint.h>
     #include <string.h>
@@ -88,26 +89,11 @@ cdef extern from *:
         }
         return z;
     }
-
-    /* Largest value of l[0..n), -inf if none; NaNs are skipped. Eight independent lanes. */
-    __attribute__((optimize("no-trapping-math")))
-    static float spec_max(const float* __restrict__ l, int n) {
-        float lane[8];
-        float m = -INFINITY;
-        int i, j;
-        for (j = 0; j < 8; j++) lane[j] = -INFINITY;
-        for (i = 0; i + 8 <= n; i += 8)
-            for (j = 0; j < 8; j++) lane[j] = l[i + j] > lane[j] ? l[i + j] : lane[j];
-        for (j = 0; j < 8; j++) m = lane[j] > m ? lane[j] : m;
-        for (; i < n; i++) m = l[i] > m ? l[i] : m;
-        return m;
-    }
     """
     float spec_exp_neg(float x) noexcept nogil
     const int SPEC_BLOCK
     double spec_exp_weights(const float* l, float* w, double* bsum, int n, float m,
                             float inv_t) noexcept nogil
-    float spec_max(const float* l, int n) noexcept nogil
 
 
 cdef extern from "<algorithm>" namespace "std" nogil:
@@ -197,19 +183,7 @@ cdef int workspace_init(Workspace* ws, int n_vocab) except -1 nogil:
     return 0
 
 
-# -- argmax ----------------------------------------------------------------------------------------
-
-cdef token_t argmax(const float* logits, int n_vocab) noexcept nogil:
-    # A vectorized max, then the first id holding it: the lowest id wins ties.
-    cdef float m = spec_max(logits, n_vocab)
-    cdef int i
-    if not (m > -INFINITY):
-        return 0
-    for i in range(n_vocab):
-        if logits[i] == m:
-            return i
-    return 0
-
+# -- argmax: spec/_runtime/_argmax.pxd (cimported through _verify.pxd) ----------------------
 
 cdef float top2_margin(const float* logits, int n_vocab, token_t* top) noexcept nogil:
     cdef token_t best = 0

@@ -18,7 +18,7 @@ from libc.stdlib cimport free, malloc
 from spec._c.llama cimport *
 from spec._runtime._signals cimport check_signals
 from spec._c.typedefs cimport LLAMA_MAX_SEQ, pos_t, seq_t, token_t
-from spec._loop._verify cimport argmax
+from spec._runtime._argmax cimport argmax
 from spec._runtime._errors import (ClosedError, ContextError, ContextOverflowError, EngineBusyError,
                           ModelLoadError, NonFiniteLogitsError, SpecError, decode_error)
 from spec._runtime._batch import Batch
