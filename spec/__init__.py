@@ -17,11 +17,11 @@ from spec._runtime._errors import (ClosedError, ContextError, ContextOverflowErr
                           DecodeError, EngineBusyError, InvalidBatchError, KVCacheFullError,
                           ModelLoadError, NonFiniteLogitsError, RequestError, SpecError)
 from spec._runtime._core import Context, Model
-from spec.engine import Engine, Result, Stats, drafter_names, make_drafter
+from spec.engine import Engine, Result, Stats, drafter_names, make_drafter, simulate
 from spec.models import ModelNotInstalledError
 from spec.ngram import (Drafter, DrafterChain, NgramCache, NgramMapK, NgramMapK4V, NgramMod, NgramSimple,
                         PythonDrafter, SuffixTree)
-from spec._loop._simulate import SimResult, simulate
+from spec._loop._simulate import SimResult
 from spec.drafters._upstream import LlamaDrafter
 from spec.sessions import (Batch, BadSeqIdError, DFlashSession, DraftModelSession, Eagle3Session,
                            InvalidConfigError, MtpSession, Session, SessionConfig,

@@ -20,6 +20,7 @@ import numpy as np
 
 from spec._runtime._core import MAX_SEQ, Context, Model, as_tokens
 from spec._loop._counters import StepCounters
+from spec._loop import _simulate
 from spec._loop._engine import Loop, Sequence
 from spec._runtime._errors import (ClosedError, ContextOverflowError, EngineBusyError, RequestError,
                           SessionInitError)
@@ -249,6 +250,18 @@ def make_drafter(name, **params):
         raise ValueError(f"unknown drafter {name!r}; known: {', '.join(drafter_names())}")
     module, cls, defaults = DRAFTERS[name]
     return getattr(importlib.import_module(module), cls)(**{**defaults, **params})
+
+
+def simulate(drafter, tokens, *, n_max, prompt_len=0, record=False, seq_id=0, cost_table=None):
+    """:func:`spec._loop._simulate.simulate`, where ``drafter`` may also be a name (with
+    ``cost_table``: each priced replay then gets a fresh :func:`make_drafter` of that name)."""
+    if isinstance(drafter, str) and cost_table is not None:
+        drafter = functools.partial(make_drafter, drafter)
+    return _simulate.simulate(drafter, tokens, n_max=n_max, prompt_len=prompt_len, record=record,
+                              seq_id=seq_id, cost_table=cost_table)
+
+
+simulate.__doc__ = _simulate.simulate.__doc__
 
 
 @dataclass

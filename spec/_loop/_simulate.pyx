@@ -222,12 +222,12 @@ cdef object _cost_array(object cost_table, Py_ssize_t n_max):
 
 
 def _fresh(drafter):
-    """A new drafter from a name or a factory."""
-    if isinstance(drafter, str):
-        from spec.engine import make_drafter
-        d = make_drafter(drafter)
-    else:
-        d = drafter()
+    """A new drafter from a factory (:func:`spec.simulate` turns a name into one: the drafters'
+    names belong to the Python API, above this layer)."""
+    if not callable(drafter):
+        raise TypeError(f"with cost_table, drafter must be a factory returning a new Drafter "
+                        f"(or a name, through spec.simulate), got {type(drafter).__name__}")
+    d = drafter()
     if not isinstance(d, Drafter):
         raise TypeError(f"the drafter factory returned {type(d).__name__}, not a Drafter")
     return d
@@ -251,6 +251,8 @@ def simulate(drafter, tokens, *, Py_ssize_t n_max, Py_ssize_t prompt_len=0,
     ``Loop.cost_model["table"]``) also prices the replay: see :class:`SimResult`'s speedups. The
     policy and oracle replays each need a drafter that has not seen the stream (it would know
     the future), so ``drafter`` is then a name (``"suffix"``) or a factory returning a new one.
+    (A name is turned into a factory by :func:`spec.simulate`, the public entry point; called
+    directly, this module's ``simulate`` takes a factory.)
     """
     cdef Drafter shared
     if isinstance(drafter, Drafter):
