@@ -10,6 +10,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
+from spec._runtime._errors import ParamTypeError, ParamValueError
+
 SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1
 _INT32_MAX = (1 << 31) - 1
 
@@ -23,10 +25,10 @@ def _is_int(v) -> bool:
 
 def _number(name: str, v, rule: str, ok) -> float:
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name} must be a number {rule}, got {v!r}")
+        raise ParamTypeError(name, f"must be a number {rule}, got {v!r}")
     v = float(v)
     if not (math.isfinite(v) and ok(v)):
-        raise ValueError(f"{name} must be a number {rule}, got {v!r}")
+        raise ParamValueError(name, f"must be a number {rule}, got {v!r}")
     return v
 
 
@@ -36,8 +38,9 @@ class Sampling:
     distribution after top-k → top-p → min-p → temperature is sampled (losslessly, through
     rejection sampling of the drafts). ``seed`` None draws a fresh seed per generation.
 
-    Raises TypeError / ValueError naming the first bad field; fields are normalised to Python
-    ``float`` / ``int`` (numpy scalars are accepted).
+    Raises :class:`~spec._runtime._errors.ParamTypeError` / ``ParamValueError`` (a TypeError /
+    ValueError carrying the field's ``name`` and the ``reason``) for the first bad field; fields
+    are normalised to Python ``float`` / ``int`` (numpy scalars are accepted).
     """
     temperature: float = 0.0
     top_k: int = 0
@@ -52,15 +55,15 @@ class Sampling:
         fix(self, "top_p", _number("top_p", self.top_p, "in (0, 1]", lambda v: 0 < v <= 1))
         fix(self, "min_p", _number("min_p", self.min_p, "in [0, 1]", lambda v: 0 <= v <= 1))
         if not _is_int(self.top_k):
-            raise TypeError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+            raise ParamTypeError("top_k", f"must be an integer >= 0, got {self.top_k!r}")
         if not 0 <= self.top_k <= _INT32_MAX:
-            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+            raise ParamValueError("top_k", f"must be an integer >= 0, got {self.top_k!r}")
         fix(self, "top_k", int(self.top_k))
         if self.seed is not None:
             if not _is_int(self.seed):
-                raise TypeError(f"seed must be a 64-bit integer or None, got {self.seed!r}")
+                raise ParamTypeError("seed", f"must be a 64-bit integer or None, got {self.seed!r}")
             if not SEED_MIN <= self.seed <= SEED_MAX:
-                raise ValueError(f"seed must be a 64-bit integer or None, got {self.seed!r}")
+                raise ParamValueError("seed", f"must be a 64-bit integer or None, got {self.seed!r}")
             fix(self, "seed", int(self.seed))
 
     @property

@@ -42,6 +42,25 @@ class RequestError(SpecError, ValueError, TypeError):
         self.reason = reason
 
 
+
+class ParamError(SpecError):
+    """A generation parameter is bad. ``name`` is the parameter (``"top_p"``), ``reason`` what
+    is wrong with it (``"must be a number in (0, 1], got 2.0"``); the message is both. Raised as
+    :class:`ParamTypeError` or :class:`ParamValueError`."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name} {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class ParamTypeError(ParamError, TypeError):
+    """A generation parameter of the wrong type."""
+
+
+class ParamValueError(ParamError, ValueError):
+    """A generation parameter out of range."""
+
 class DecodeError(SpecError):
     """llama_decode failed. ``code`` is llama.cpp's return value."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Hashable, Iterator
 
-from spec._runtime._errors import RequestError
+from spec._runtime._errors import ParamError, RequestError
 from spec._loop._params import SAMPLING_KEYS, Sampling
 
 #: Generation parameters a request may set (besides its prompt).
@@ -23,27 +23,24 @@ def check_params(params: dict, prefix: str = "") -> dict:
     :class:`~spec._loop._params.Sampling` the engine will take."""
     out = dict(params)
 
-    def named(message: str) -> str:
-        if not prefix:
-            return message
-        name, rest = message.split(" ", 1)
-        return f"{prefix}{name.replace('_', '-')} {rest}"
+    def named(name: str, reason: str) -> str:
+        return f"{prefix}{name.replace('_', '-')} {reason}" if prefix else f"{name} {reason}"
 
     if "max_tokens" in params:
         v = params["max_tokens"]
         if not is_int(v) or v < 0:
-            raise ValueError(named(f"max_tokens must be an integer >= 0, got {v!r}"))
+            raise ValueError(named("max_tokens", f"must be an integer >= 0, got {v!r}"))
     try:
         sampling = Sampling(**{k: params[k] for k in SAMPLING_KEYS if k in params})
-    except (TypeError, ValueError) as e:
-        raise ValueError(named(str(e))) from None
+    except ParamError as e:
+        raise ValueError(named(e.name, e.reason)) from None
     out.update({k: getattr(sampling, k) for k in SAMPLING_KEYS if k in params})
     if "stop" in params:
         v = params["stop"]
         stops = [v] if isinstance(v, str) else v
         if not isinstance(stops, list) or any(not isinstance(s, str) or not s for s in stops):
-            raise ValueError(named("stop must be a non-empty string or a list of non-empty "
-                                   f"strings, got {v!r}"))
+            raise ValueError(named("stop", "must be a non-empty string or a list of non-empty "
+                                           f"strings, got {v!r}"))
         out["stop"] = list(stops)
     return out
 
