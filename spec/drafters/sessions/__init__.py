@@ -1,0 +1,2 @@
+"""Model-based drafters: sessions over llama.cpp's ``common_speculative`` (public in
+:mod:`spec.sessions`)."""
