@@ -41,7 +41,7 @@ class SimResult:
     def as_dict(self) -> dict[str, Any]: ...
 
 def simulate(
-    drafter: Drafter | str | Callable[[], Drafter],
+    drafter: Drafter | Callable[[], Drafter],
     tokens: npt.ArrayLike,
     *,
     n_max: int,
