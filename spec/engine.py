@@ -23,7 +23,7 @@ from spec._counters import StepCounters
 from spec._engine import Loop, Sequence
 from spec._errors import (ClosedError, ContextOverflowError, EngineBusyError, RequestError,
                           SessionInitError)
-from spec._params import SAMPLING_KEYS, Sampling
+from spec._params import SAMPLING_KEYS, Drafting, Sampling
 from spec._stops import StopScanner
 from spec.divergence import DecodeTrace, context_params
 from spec import models as _models
@@ -361,7 +361,7 @@ class Engine:
         ``SESSION_PARAMS`` (``draft_model``, ``draft_n_gpu_layers``, ``p_min``, ``n_rs_seq``).
     """
 
-    N_DRAFT_MAX = 64        # the default bound of "auto" drafts
+    N_DRAFT_MAX = Drafting.N_DRAFT_MAX      # the default bound of "auto" drafts
 
     def __init__(self, model, drafter="suffix", *, n_draft="auto", n_draft_max=None,
                  draft_cost=0.43, n_ctx=None, n_batch=512, n_threads=None, n_parallel=1,
@@ -382,28 +382,11 @@ class Engine:
             # the MTP head is loaded only on request
             self.model = Model(_models.resolve(model), load_mtp=session_kind == "mtp",
                                n_gpu_layers=n_gpu_layers)
-        if n_draft == "auto":
-            self.auto_draft = True
-            if n_draft_max is None:
-                n_draft_max = (min(self.N_DRAFT_MAX, n_batch - 1)
-                               if isinstance(n_batch, (int, np.integer)) else self.N_DRAFT_MAX)
-            self.n_draft = int(n_draft_max)
-        elif isinstance(n_draft, (int, np.integer)) and not isinstance(n_draft, bool):
-            self.auto_draft = False
-            self.n_draft = int(n_draft)
-        else:
-            raise ValueError(f"n_draft must be a positive int or 'auto', got {n_draft!r}")
-        if self.n_draft <= 0:
-            name = "n_draft_max" if self.auto_draft else "n_draft"
-            raise ValueError(f"{name} must be > 0, got {self.n_draft}")
-        if isinstance(n_batch, (int, np.integer)) and self.n_draft >= n_batch:
-            name = "n_draft_max" if self.auto_draft else "n_draft"
-            raise ValueError(f"{name}={self.n_draft} must be < n_batch={n_batch}: one verify "
-                             f"batch holds a draft and the token before it")
+        self.drafting = Drafting(n_draft, n_draft_max, draft_cost)
+        if not isinstance(n_batch, (int, np.integer)) or isinstance(n_batch, bool) or n_batch <= 0:
+            raise ValueError(f"n_batch must be a positive int, got {n_batch!r}")
+        self.n_draft = self.drafting.longest(int(n_batch))    # the draft buffers' length
         _check_n_parallel(n_parallel)
-        if not draft_cost >= 0:
-            raise ValueError(f"draft_cost must be >= 0, got {draft_cost}")
-        self.draft_cost = float(draft_cost)
         self.draft_ctx = None
         self._turns = _Turns()
         self._held_by = None            # thread id of the generation holding the engine
@@ -516,8 +499,7 @@ class Engine:
     def _loop(self, trace: bool) -> Loop:
         loop = self._loops.get(trace)
         if loop is None:
-            loop = Loop(self.ctx, self.drafter, n_draft_max=self.n_draft if self.drafter else 0,
-                        auto_draft=self.auto_draft, draft_cost=self.draft_cost, trace=trace)
+            loop = Loop(self.ctx, self.drafter, self.drafting, trace=trace)
             self._loops[trace] = loop
         return loop
 

@@ -329,8 +329,9 @@ def test_at_most_one_model_stage(pair, mtp_paths):
         spec.DrafterChain([spec.SuffixTree(), *sessions])
     with pytest.raises(ValueError, match="target_ctx"):    # the loop checks the chain's session
         from spec._engine import Loop
+        from spec._params import Drafting
         Loop(spec.Context(target.model, n_ctx=128), spec.DrafterChain([sessions[0]]),
-             n_draft_max=4)
+             Drafting(4))
     sessions[1].close()
     with pytest.raises(spec.ClosedError):                  # a chain takes live sessions only
         spec.DrafterChain([sessions[1]])

@@ -252,10 +252,11 @@ def _ratio(cost: dict) -> float:
 
 def test_cost_model_fits_varied_batches_and_recovers_when_drafting_stops(tiny_model):
     from spec._engine import Loop
+    from spec._params import Drafting
 
     a, b = 0.010, 0.004                                   # seconds: a 1-row step costs 14 ms
     with spec.Context(tiny_model, n_ctx=256) as ctx:
-        loop = Loop(ctx, None, draft_cost=0.43)
+        loop = Loop(ctx, None, Drafting(draft_cost=0.43))
         for i in range(200):                              # drafting: sizes 1..9 rows
             n = 1 + i % 9
             loop.observe_cost(n, a + b * n)
@@ -288,9 +289,10 @@ def _measure(loop, sizes, cost=_tiled_cost):
 
 def test_plan_lands_on_measured_cheap_batch_sizes(tiny_model):
     from spec._engine import Loop
+    from spec._params import Drafting
 
     with spec.Context(tiny_model, n_ctx=256) as ctx:
-        loop = Loop(ctx, None, draft_cost=0.43)
+        loop = Loop(ctx, None, Drafting(draft_cost=0.43))
         _measure(loop, list(range(1, 41)))
         table = loop.cost_model["table"]
         assert table[16] == pytest.approx(_tiled_cost(16)) and len(table) == 40
@@ -318,9 +320,10 @@ def test_plan_lands_on_measured_cheap_batch_sizes(tiny_model):
 
 def test_plan_trusts_a_long_run_of_matched_drafts(tiny_model):
     from spec._engine import Loop
+    from spec._params import Drafting
 
     with spec.Context(tiny_model, n_ctx=256) as ctx:
-        loop = Loop(ctx, None, draft_cost=0.43)
+        loop = Loop(ctx, None, Drafting(draft_cost=0.43))
         _measure(loop, list(range(1, 70)))
         # a low measured rate and no run: nothing pays
         assert loop._plan([0.1], [64], run=[0]).tolist() == [0]
@@ -335,9 +338,10 @@ def test_plan_trusts_a_long_run_of_matched_drafts(tiny_model):
 
 def test_cost_table_entries_expire_and_exploration_tries_stale_tiles(tiny_model):
     from spec._engine import Loop
+    from spec._params import Drafting
 
     with spec.Context(tiny_model, n_ctx=256) as ctx:
-        loop = Loop(ctx, None, draft_cost=0.43)
+        loop = Loop(ctx, None, Drafting(draft_cost=0.43))
         _measure(loop, list(range(1, 41)))
         # one unlucky slow measurement of 16 rows keeps the plan off 16 ...
         loop.observe_cost(16, 1.0)
@@ -390,6 +394,13 @@ def test_a_closed_engine_refuses_work(tiny_model):
     (dict(n_draft=0), ValueError, "n_draft must be > 0"),
     (dict(n_draft=2**31 - 1), ValueError, "n_draft=2147483647 must be < n_batch=512"),
     (dict(n_draft_max=64, n_batch=64), ValueError, "n_draft_max=64 must be < n_batch=64"),
+    (dict(n_draft=True), ValueError, "n_draft must be a positive int or 'auto'"),
+    (dict(n_draft="long"), ValueError, "n_draft must be a positive int or 'auto'"),
+    (dict(n_draft=4, n_draft_max=8), ValueError, "n_draft_max bounds n_draft='auto'"),
+    (dict(n_draft_max=2.5), ValueError, "n_draft_max must be a positive int"),
+    (dict(draft_cost=-1), ValueError, "draft_cost must be a number >= 0"),
+    (dict(draft_cost=float("nan")), ValueError, "draft_cost must be a number >= 0"),
+    (dict(n_batch=0), ValueError, "n_batch must be a positive int"),
 ])
 def test_bad_engine_arguments_are_named(tiny_model, kwargs, error, message):
     with pytest.raises(error, match=message):
