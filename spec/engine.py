@@ -24,8 +24,9 @@ from spec._loop import _simulate
 from spec._loop._engine import Loop, Sequence
 from spec._runtime._errors import (ClosedError, ContextOverflowError, EngineBusyError, RequestError,
                           SessionInitError)
-from spec._loop._params import SAMPLING_KEYS, Sampling
+from spec._loop._params import SAMPLING_KEYS, Drafting, Sampling
 from spec._loop._stops import StopScanner
+from spec.divergence import DecodeTrace, context_params
 from spec import models as _models
 
 logger = logging.getLogger("spec")
@@ -320,6 +321,8 @@ class Result:
     tokens: np.ndarray            # generated token ids (int32), without the prompt
     stats: Stats
     margins: np.ndarray | None = None   # top-1 minus top-2 logit per token (trace=True)
+    #: the decodes and KV edits that produced it (trace=True), for spec.divergence.replay_argmax
+    decode_trace: DecodeTrace | None = None
     #: "stop" (an end-of-generation token or a stop string ended it) or "length" (max_tokens)
     finish_reason: str = "stop"
 
@@ -371,7 +374,7 @@ class Engine:
         ``SESSION_PARAMS`` (``draft_model``, ``draft_n_gpu_layers``, ``p_min``, ``n_rs_seq``).
     """
 
-    N_DRAFT_MAX = 64        # the default bound of "auto" drafts
+    N_DRAFT_MAX = Drafting.N_DRAFT_MAX      # the default bound of "auto" drafts
 
     def __init__(self, model, drafter="suffix", *, n_draft="auto", n_draft_max=None,
                  draft_cost=0.43, n_ctx=None, n_batch=512, n_threads=None, n_parallel=1,
@@ -392,28 +395,11 @@ class Engine:
             # the MTP head is loaded only on request
             self.model = Model(_models.resolve(model), load_mtp=session_kind == "mtp",
                                n_gpu_layers=n_gpu_layers)
-        if n_draft == "auto":
-            self.auto_draft = True
-            if n_draft_max is None:
-                n_draft_max = (min(self.N_DRAFT_MAX, n_batch - 1)
-                               if isinstance(n_batch, (int, np.integer)) else self.N_DRAFT_MAX)
-            self.n_draft = int(n_draft_max)
-        elif isinstance(n_draft, (int, np.integer)) and not isinstance(n_draft, bool):
-            self.auto_draft = False
-            self.n_draft = int(n_draft)
-        else:
-            raise ValueError(f"n_draft must be a positive int or 'auto', got {n_draft!r}")
-        if self.n_draft <= 0:
-            name = "n_draft_max" if self.auto_draft else "n_draft"
-            raise ValueError(f"{name} must be > 0, got {self.n_draft}")
-        if isinstance(n_batch, (int, np.integer)) and self.n_draft >= n_batch:
-            name = "n_draft_max" if self.auto_draft else "n_draft"
-            raise ValueError(f"{name}={self.n_draft} must be < n_batch={n_batch}: one verify "
-                             f"batch holds a draft and the token before it")
+        self.drafting = Drafting(n_draft, n_draft_max, draft_cost)
+        if not isinstance(n_batch, (int, np.integer)) or isinstance(n_batch, bool) or n_batch <= 0:
+            raise ValueError(f"n_batch must be a positive int, got {n_batch!r}")
+        self.n_draft = self.drafting.longest(int(n_batch))    # the draft buffers' length
         _check_n_parallel(n_parallel)
-        if not draft_cost >= 0:
-            raise ValueError(f"draft_cost must be >= 0, got {draft_cost}")
-        self.draft_cost = float(draft_cost)
         self.draft_ctx = None
         self._turns = _Turns()
         self._held_by = None            # thread id of the generation holding the engine
@@ -526,8 +512,7 @@ class Engine:
     def _loop(self, trace: bool) -> Loop:
         loop = self._loops.get(trace)
         if loop is None:
-            loop = Loop(self.ctx, self.drafter, n_draft_max=self.n_draft if self.drafter else 0,
-                        auto_draft=self.auto_draft, draft_cost=self.draft_cost, trace=trace)
+            loop = Loop(self.ctx, self.drafter, self.drafting, trace=trace)
             self._loops[trace] = loop
         return loop
 
@@ -583,7 +568,8 @@ class Engine:
         temperature) is sampled losslessly through rejection sampling. ``stop`` strings end the
         generation: the text ends before the first one, the tokens with the one completing it
         (tokens a speculative step accepted past it are dropped; the step counters keep them).
-        ``trace`` records per-token margins.
+        ``trace`` records per-token margins and the decode log (``Result.decode_trace``,
+        see :mod:`spec.divergence`).
         """
         sampling = Sampling(temperature, top_k, top_p, min_p, seed)
         result = None
@@ -608,6 +594,7 @@ class Engine:
         sq = loop.sequence(0, tokens, int(max_tokens), sampling, trace=trace)
         loop.reset_timers()
         stages_before = self._stage_stats()
+        self.ctx.record(trace)      # off also drops a log a failed traced run left
         loop.start(sq)
         t0 = time.perf_counter()
         scanner = StopScanner(self.model.token_to_piece, stop)
@@ -630,8 +617,14 @@ class Engine:
         if stages_before is not None:
             from spec.drafters._chain import stage_delta
             stats.stages = stage_delta(self._stage_stats(), stages_before)
+        decode_trace = None
+        if trace:
+            decode_trace = DecodeTrace(self.ctx.recorded(), 0, 0, sq.n_prompt,
+                                       context_params(self.ctx))
+            self.ctx.record(False)
         yield Result(text=scanner.text, tokens=sq.tokens, stats=stats, margins=sq.margins,
-                     finish_reason=_finish_reason(scanner, sq, max_tokens))
+                     finish_reason=_finish_reason(scanner, sq, max_tokens),
+                     decode_trace=decode_trace)
 
     # -- batches --
 
@@ -700,7 +693,7 @@ class Engine:
     @_exclusive
     def iter_batch(self, prompts, *, n_parallel=8, max_tokens=128, temperature=0.0, top_k=0,
                    top_p=1.0, min_p=0.0, seed=0, stop: Seq[str] = (),
-                   order: Literal["longest_first", "input"] = "longest_first"):
+                   order: Literal["longest_first", "input"] = "longest_first", trace=False):
         """Generate for many prompts, ``n_parallel`` sequences per decode batch; yields
         ``(index, Result)`` as each request finishes.
 
@@ -718,6 +711,10 @@ class Engine:
         run alone at the end of the job while the other slots sit idle, and the cell budget
         packs better. ``"input"`` starts them in input order. Results are the same either way
         (up to near-ties, as batch composition is); only when each one finishes changes.
+
+        ``trace`` records each result's margins and the job's decode log up to its end
+        (``Result.decode_trace``, see :mod:`spec.divergence`; a debugging aid: each result
+        copies the log).
         """
         if order not in self.ORDERS:
             raise ValueError(f"order must be one of {self.ORDERS}, got {order!r}")
@@ -763,11 +760,12 @@ class Engine:
             pending.reverse()
         self._fit_kv_cells([tokens.size + req["max_tokens"] for _, req, tokens, _ in pending],
                            n_parallel)
-        loop = self._loop(False)
+        loop = self._loop(trace)
         loop.reset_timers()
         # The KV cache is unified: every active sequence shares the n_ctx cells, and a sequence
         # never holds more than n_prompt + max_tokens of them (drafts are capped by the budget).
         # A request starts only when its cells are free, so no decode can run out of KV slots.
+        self.ctx.record(trace)
         self.ctx.kv_clear()
         n_free_cells = self.ctx.n_ctx
         free_slots = list(range(n_parallel - 1, -1, -1))
@@ -782,13 +780,14 @@ class Engine:
                 pending.pop()
                 n_free_cells -= cells
                 slot = free_slots.pop()
-                sq = loop.sequence(slot, tokens, int(req["max_tokens"]), sampling)
+                sq = loop.sequence(slot, tokens, int(req["max_tokens"]), sampling, trace=trace)
+                first_op = self.ctx.n_recorded
                 loop.start(sq, interleave=True)
                 scanner = StopScanner(self.model.token_to_piece, req["stop"])
-                active[slot] = (i, req, sq, scanner, time.perf_counter())
+                active[slot] = (i, req, sq, scanner, time.perf_counter(), first_op)
             seqs = [entry[2] for entry in active.values()]
             loop.run(seqs, 1 if any_stop else -1, until_one_done=True)
-            for slot, (i, req, sq, scanner, t0) in list(active.items()):
+            for slot, (i, req, sq, scanner, t0, first_op) in list(active.items()):
                 if req["stop"] or sq.done:
                     scanner.feed(sq.tokens)
                     if scanner.found:
@@ -800,9 +799,15 @@ class Engine:
                     del active[slot]
                     free_slots.append(slot)
                     scanner.close()
+                    decode_trace = (DecodeTrace(self.ctx.recorded(), slot, first_op, sq.n_prompt,
+                                                context_params(self.ctx)) if trace else None)
                     yield i, Result(text=scanner.text, tokens=sq.tokens,
                                     stats=self._stats(sq, loop, time.perf_counter() - t0),
-                                    finish_reason=_finish_reason(scanner, sq, req["max_tokens"]))
+                                    margins=sq.margins,
+                                    finish_reason=_finish_reason(scanner, sq, req["max_tokens"]),
+                                    decode_trace=decode_trace)
+        if trace:
+            self.ctx.record(False)
 
     def generate_batch(self, prompts, **kwargs) -> list:
         """:meth:`iter_batch` collected into a list of Results in input order."""

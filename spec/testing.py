@@ -97,6 +97,17 @@ def copy_tokenizer(writer, vocab: str | os.PathLike, skip: tuple[str, ...] = ())
     return n_vocab
 
 
+def _write(writer, tmp: Path, path: Path) -> Path:
+    """Write a built GGUFWriter to ``tmp``, then move it to ``path`` (a reader never sees a
+    half-written model)."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.replace(path)
+    return path
+
+
 def make_tiny_llama(path: str | os.PathLike, *, vocab: str | os.PathLike | None = None,
                     n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_ff: int = 128,
                     n_ctx_train: int = 4096, seed: int = 0, perturb: float = 0.0,
@@ -169,12 +180,7 @@ def make_tiny_llama(path: str | os.PathLike, *, vocab: str | os.PathLike | None 
         matrix(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
         matrix(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
         matrix(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    tmp.replace(path)
-    return path
+    return _write(writer, tmp, path)
 
 
 def make_tiny_qwen35_mtp(path: str | os.PathLike, *, vocab: str | os.PathLike | None = None,
@@ -286,12 +292,7 @@ def make_tiny_qwen35_mtp(path: str | os.PathLike, *, vocab: str | os.PathLike | 
         vec(f"blk.{i}.nextn.enorm.weight", E)
         vec(f"blk.{i}.nextn.hnorm.weight", E)
         vec(f"blk.{i}.nextn.shared_head_norm.weight", E)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    tmp.replace(path)
-    return path
+    return _write(w, tmp, path)
 
 
 def make_tiny_eagle3(path: str | os.PathLike, *, n_embd_target: int = 64,
@@ -353,12 +354,7 @@ def make_tiny_eagle3(path: str | os.PathLike, *, n_embd_target: int = 64,
     t("blk.0.ffn_gate.weight", F, E)
     t("blk.0.ffn_up.weight", F, E)
     t("blk.0.ffn_down.weight", E, F)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    tmp.replace(path)
-    return path
+    return _write(w, tmp, path)
 
 
 def make_tiny_dflash(path: str | os.PathLike, *, n_embd: int = 64,
@@ -448,9 +444,4 @@ def make_tiny_dflash(path: str | os.PathLike, *, n_embd: int = 64,
         mat(f"blk.{i}.ffn_gate.weight", F, E)
         mat(f"blk.{i}.ffn_up.weight", F, E)
         mat(f"blk.{i}.ffn_down.weight", E, F)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    tmp.replace(path)
-    return path
+    return _write(w, tmp, path)

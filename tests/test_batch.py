@@ -503,6 +503,7 @@ def test_drafts_leave_room_for_a_prompt_joining_the_verify_batch(bigram_model_pa
     running sequence's draft is capped as if the prompt were already generating (7 drafted
     rows + its last token + the joining token would overflow the batch)."""
     from spec._loop._engine import Loop, Sequence
+    from spec._loop._params import Drafting
     with Engine(str(bigram_model_path), drafter="ngram-simple", n_draft=7, n_ctx=N_CTX,
                 n_batch=8, n_parallel=2, n_threads=THREADS) as engine:
         tokenize = engine.model.tokenize
@@ -512,7 +513,7 @@ def test_drafts_leave_room_for_a_prompt_joining_the_verify_batch(bigram_model_pa
         short = tokenize(PROMPTS[1])[:6]
         running = Sequence(0, cycling, 40, 7)
         joining = Sequence(1, short, 40, 7)
-        loop = Loop(engine.ctx, engine.drafter, n_draft_max=7)
+        loop = Loop(engine.ctx, engine.drafter, Drafting(7))
         loop.start(running)
         loop.run([running], max_steps=2)
         assert running.stats()["n_drafted"] == 2 * 7, "the running sequence does not draft in full"

@@ -20,7 +20,7 @@ LAYERS = [
     ("drafters", ["spec.drafters"]),
     ("loop", ["spec._loop"]),
     ("Python API", ["spec", "spec.engine", "spec.sessions", "spec.models", "spec.testing",
-                    "spec.ngram"]),
+                    "spec.ngram", "spec.divergence"]),
     ("jobs", ["spec.jobs", "spec.batch", "spec.ray"]),
     ("command line", ["spec.cli", "spec.__main__"]),
 ]

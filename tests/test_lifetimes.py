@@ -156,8 +156,9 @@ def test_engine_and_stream_close_orders(pair, order):
 
 def test_a_closed_session_refuses_an_engine_step(pair):
     from spec._loop._engine import Loop
+    from spec._loop._params import Drafting
     h = Handles(pair)
-    loop = Loop(h.ct, h.session, n_draft_max=4)
+    loop = Loop(h.ct, h.session, Drafting(4))
     h.session.close()
     with pytest.raises(ClosedError, match="DraftModelSession is closed"):
         loop.run([])

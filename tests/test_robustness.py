@@ -14,6 +14,7 @@ import spec
 import spec.testing
 from spec._runtime._core import Context, Model
 from spec._loop._engine import Loop, Sequence
+from spec._loop._params import Drafting
 from spec._runtime._errors import (ClosedError, ContextOverflowError, EngineBusyError,
                           NonFiniteLogitsError)
 from spec.engine import Engine, make_drafter
@@ -396,7 +397,7 @@ def test_a_history_changed_in_place_cannot_draft_a_negative_id():
 
 def test_a_sequence_smaller_than_the_loop_drafts_is_refused(tiny_model):
     with Context(tiny_model, n_ctx=128, n_threads=N_THREADS) as ctx:
-        loop = Loop(ctx, make_drafter("suffix"), n_draft_max=16)
+        loop = Loop(ctx, make_drafter("suffix"), Drafting(16))
         small = Sequence(0, tiny_model.tokenize("Hello"), 8, 4)
         with pytest.raises(ValueError, match="drafts"):
             loop.start(small)

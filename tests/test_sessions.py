@@ -226,11 +226,12 @@ def test_close_under_live_session_is_deferred(pair):
 
 def test_loop_refuses_foreign_session(pair):
     from spec._loop._engine import Loop
+    from spec._loop._params import Drafting
     ct, cd = Context(Model(pair[0]), n_ctx=128), Context(Model(pair[1]), n_ctx=128)
     other = Context(ct.model, n_ctx=128)
     s = DraftModelSession(ct, cd, 1, 4)
     with pytest.raises(ValueError, match="target_ctx"):
-        Loop(other, s, n_draft_max=4)
+        Loop(other, s, Drafting(4))
 
 
 # -- MTP (hybrid qwen35 target) ---------------------------------------------------------------

@@ -29,7 +29,7 @@ from spec._loop._verify cimport (SamplerParams, Rng, Workspace, rng_seed, sample
                            verify_greedy, verify_stochastic, workspace_free, workspace_init)
 from spec.drafters._base cimport Drafter
 
-from spec._loop._params import Sampling
+from spec._loop._params import Drafting, Sampling
 
 cnp.import_array()
 
@@ -471,9 +471,17 @@ cdef class Loop:
     def __cinit__(self):
         memset(&self.ws, 0, sizeof(Workspace))
 
-    def __init__(self, Context ctx not None, Drafter drafter=None, *, int n_draft_max=0,
-                 bint auto_draft=False, double draft_cost=0.43, bint trace=False):
+    def __init__(self, Context ctx not None, Drafter drafter=None, drafting=None, *,
+                 bint trace=False):
+        """``drafting`` (a :class:`spec._loop._params.Drafting`, default ``Drafting()``) is turned
+        into the loop's C config here, and only here; its longest draft sizes the draft
+        buffers of the sequences :meth:`sequence` creates."""
         from spec.drafters._chain import DrafterChain
+        if drafting is None:
+            drafting = Drafting()
+        elif not isinstance(drafting, Drafting):
+            raise TypeError(f"drafting must be a Drafting, got {type(drafting).__name__}")
+        cdef int n_draft_max = drafting.longest(ctx.n_batch) if drafter is not None else 0
         self.ctx = ctx
         self.drafter = drafter
         # a model-based session, alone or as a stage of a chain, is fed every target decode
@@ -486,8 +494,8 @@ cdef class Loop:
         # rollback depth covering a whole draft take the checkpoint path.
         self.cfg.checkpoint = (drafter is not None and n_draft_max > 0 and ctx.recurrent
                                and ctx.n_rs_seq < n_draft_max)
-        self.cfg.n_draft_max = n_draft_max if drafter is not None else 0
-        self.cfg.auto_draft = auto_draft
+        self.cfg.n_draft_max = n_draft_max
+        self.cfg.auto_draft = drafting.auto
         self.cfg.trace = trace
         self.cfg.n_vocab = ctx.n_vocab
         self.eog_arr = np.ascontiguousarray(ctx.model.eog_mask(), dtype=np.uint8)
@@ -497,7 +505,7 @@ cdef class Loop:
         self.out_arr = np.zeros(self.cfg.n_draft_max + 1, dtype=np.int32)
         self.margin_arr = np.zeros(self.cfg.n_draft_max + 1, dtype=np.float32)
         memset(&self.timers, 0, sizeof(Timers))
-        cost_init(&self.cost, draft_cost)
+        cost_init(&self.cost, drafting.draft_cost)
         self.job_alpha = 0.6
 
     def __dealloc__(self):

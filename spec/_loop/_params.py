@@ -1,14 +1,18 @@
-"""Sampling parameters: one frozen object, validated once where a request enters spec.
+"""Sampling and drafting parameters: small frozen objects, validated once where they enter spec.
 
 :class:`Sampling` is built at the public boundary (``Engine.generate``, ``stream``,
 ``iter_batch``, the batch jobs' per-request parameters) and converted to the loop's C struct in
-one place, ``spec._loop._engine.Sequence``. Nothing below the boundary checks these values again.
+one place, ``spec._loop._engine.Sequence``. :class:`Drafting` is built by ``Engine(...)`` and
+converted in one place, ``spec._loop._engine.Loop``, which also creates the sequences, so their draft
+buffers hold its longest draft by construction. Nothing below the boundary checks these values
+again.
 """
 from __future__ import annotations
 
 import math
 import numbers
 from dataclasses import dataclass
+from typing import ClassVar
 
 from spec._runtime._errors import ParamTypeError, ParamValueError
 
@@ -69,3 +73,57 @@ class Sampling:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class Drafting:
+    """How long the drafts are: ``n_draft`` tokens every step, or ``"auto"``: each step's
+    lengths planned from acceptance and the measured verify cost, up to ``n_draft_max``
+    (default :attr:`N_DRAFT_MAX`, or ``n_batch - 1`` if smaller: one verify batch holds a draft
+    and the token before it). ``draft_cost`` is the planner's prior cost of one drafted token,
+    in plain decode steps, used until batch sizes have been measured.
+
+    Raises TypeError / ValueError naming the bad field.
+    """
+    n_draft: int | str = "auto"
+    n_draft_max: int | None = None
+    draft_cost: float = 0.43
+
+    N_DRAFT_MAX: ClassVar[int] = 64     # the default bound of "auto" drafts
+
+    def __post_init__(self):
+        fix = object.__setattr__
+        if self.n_draft != "auto":
+            if not _is_int(self.n_draft):
+                raise ValueError(f"n_draft must be a positive int or 'auto', got {self.n_draft!r}")
+            if self.n_draft <= 0:
+                raise ValueError(f"n_draft must be > 0, got {self.n_draft}")
+            fix(self, "n_draft", int(self.n_draft))
+            if self.n_draft_max is not None:
+                raise ValueError("n_draft_max bounds n_draft='auto'; with a fixed n_draft "
+                                 "leave it out")
+        elif self.n_draft_max is not None:
+            if not _is_int(self.n_draft_max):
+                raise ValueError(f"n_draft_max must be a positive int, got {self.n_draft_max!r}")
+            if self.n_draft_max <= 0:
+                raise ValueError(f"n_draft_max must be > 0, got {self.n_draft_max}")
+            fix(self, "n_draft_max", int(self.n_draft_max))
+        fix(self, "draft_cost", _number("draft_cost", self.draft_cost, ">= 0", lambda v: v >= 0))
+
+    @property
+    def auto(self) -> bool:
+        return self.n_draft == "auto"
+
+    def longest(self, n_batch: int) -> int:
+        """The longest draft with verify batches of at most ``n_batch`` rows; ValueError if the
+        asked length does not fit one."""
+        if not self.auto:
+            n, name = self.n_draft, "n_draft"
+        elif self.n_draft_max is not None:
+            n, name = self.n_draft_max, "n_draft_max"
+        else:
+            return min(self.N_DRAFT_MAX, n_batch - 1)
+        if n >= n_batch:
+            raise ValueError(f"{name}={n} must be < n_batch={n_batch}: one verify batch holds a "
+                             f"draft and the token before it")
+        return n

@@ -2,7 +2,7 @@
 #
 # Other compiled modules (the sessions, the engine loop) cimport Model and Context and drive them
 # through their cdef methods.
-from libc.stdint cimport uint8_t
+from libc.stdint cimport int32_t, uint8_t
 from libcpp.vector cimport vector
 
 from spec._runtime._handle cimport Handle
@@ -42,6 +42,11 @@ cdef class Context(Handle):
     cdef readonly Context ctx_other  # the context this one reads (EAGLE-3 / MTP draft contexts)
     cdef vector[vector[uint8_t]] ckpts  # per-sequence checkpoint (recurrent state before a verify)
     cdef vector[pos_t] ckpt_next  # per sequence: positions held at checkpoint_save (-1: none)
+    # The decode log (record()): every decode's rows and every KV edit made through this
+    # context, flat: an op code, then its fields (see LOG_* in _core.pyx).
+    cdef bint recording
+    cdef vector[int32_t] log
+    cdef Py_ssize_t n_logged
 
     cdef object nonfinite_error(self)   # NonFiniteLogitsError naming the model
 
@@ -55,6 +60,7 @@ cdef class Context(Handle):
                            bint all_logits) except -1 nogil
     cdef const float* logits_row(self, int i) noexcept nogil
     cdef bint seq_rm(self, seq_t seq, pos_t p0, pos_t p1) noexcept nogil
+    cdef void log_op(self, int32_t op, int32_t a, int32_t b, int32_t c, int32_t d) noexcept nogil
     cdef pos_t seq_pos_max(self, seq_t seq) noexcept nogil
     # Checkpoint path for memories that cannot drop a rejected suffix: save the sequence's
     # partial (recurrent) state before a verify decode, restore it on partial acceptance.

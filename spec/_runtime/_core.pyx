@@ -431,6 +431,15 @@ cdef class _LogitsView:
 MAX_SEQ = LLAMA_MAX_SEQ
 
 
+# Record kinds of the decode log (Context.record): five ints each.
+cdef enum:
+    LOG_DECODE = 1      # n_rows; the rows follow
+    LOG_ROW = 2         # token, pos, seq, logits
+    LOG_REMOVE = 3      # seq, p0, p1
+    LOG_COPY = 4        # src, dst, p0, p1
+    LOG_CLEAR = 5
+
+
 def _one_thread_at_a_time(method):
     """Run a Context method under the context's lock: a llama.cpp context is not thread-safe,
     and decodes run without the GIL, so two threads would otherwise use it at once. While an
@@ -647,6 +656,11 @@ cdef class Context:
                     f"this decode needs {n_out} rows of logits, more than llama.cpp's output "
                     f"buffer holds ({self.outputs_held}): it would move the buffer that a live "
                     f"logits() view points into; delete (or copy) the view first")
+        if self.recording:
+            self.log_op(LOG_DECODE, self.batch.n_tokens, 0, 0, 0)
+            for i in range(self.batch.n_tokens):
+                self.log_op(LOG_ROW, self.batch.token[i], self.batch.pos[i],
+                            self.batch.seq_id[i][0], self.batch.logits[i] != 0)
         rc = llama_decode(self.ptr, self.batch)
         if rc != 0:
             self.n_outputs = 0
@@ -672,7 +686,19 @@ cdef class Context:
         return llama_get_logits_ith(self.ptr, i)
 
     cdef bint seq_rm(self, seq_t seq, pos_t p0, pos_t p1) noexcept nogil:
+        if self.recording:
+            self.log_op(LOG_REMOVE, seq, p0, p1, 0)
         return llama_memory_seq_rm(llama_get_memory(self.ptr), seq, p0, p1)
+
+    cdef void log_op(self, int32_t op, int32_t a, int32_t b, int32_t c, int32_t d) noexcept nogil:
+        # Records of five ints; a decode is a LOG_DECODE record followed by one LOG_ROW per row.
+        if op != LOG_ROW:
+            self.n_logged += 1
+        self.log.push_back(op)
+        self.log.push_back(a)
+        self.log.push_back(b)
+        self.log.push_back(c)
+        self.log.push_back(d)
 
     cdef pos_t seq_pos_max(self, seq_t seq) noexcept nogil:
         return llama_memory_seq_pos_max(llama_get_memory(self.ptr), seq)
@@ -760,12 +786,16 @@ cdef class Context:
         self.check_open()
         self._check_seq(src_seq)
         self._check_seq(dst_seq)
+        if self.recording:
+            self.log_op(LOG_COPY, src_seq, dst_seq, p0, p1)
         llama_memory_seq_cp(llama_get_memory(self.ptr), src_seq, dst_seq, p0, p1)
 
     @_one_thread_at_a_time
     def kv_clear(self):
         """Empty the KV memory of every sequence."""
         self.check_open()
+        if self.recording:
+            self.log_op(LOG_CLEAR, 0, 0, 0, 0)
         llama_memory_clear(llama_get_memory(self.ptr), True)
 
     @_one_thread_at_a_time
@@ -774,6 +804,81 @@ cdef class Context:
         self.check_open()
         self._check_seq(seq_id)
         return self.seq_pos_max(seq_id)
+
+    @_one_thread_at_a_time
+    def record(self, bint on=True):
+        """Start recording every decode's rows and every KV memory edit made through this
+        context (``on``; what was recorded before is dropped), or stop. A debugging aid: the
+        log grows by 20 bytes a decoded row. :meth:`recorded` returns it; replaying it on a
+        fresh context with the same parameters reproduces each batch exactly
+        (``spec.testing.replay_argmax``)."""
+        self.check_open()
+        self.log.clear()
+        self.n_logged = 0
+        self.recording = on
+
+    @property
+    def n_recorded(self):
+        """Operations recorded so far (decodes and KV edits)."""
+        return self.n_logged
+
+    @_one_thread_at_a_time
+    def recorded(self):
+        """The log since :meth:`record`, in order: ``("decode", rows)`` with ``rows`` an int32
+        array of columns (token, pos, seq_id, logits), ``("remove", seq_id, p0, p1)``,
+        ``("copy", src, dst, p0, p1)`` and ``("clear",)``."""
+        cdef Py_ssize_t i = 0, n = <Py_ssize_t> self.log.size()
+        cdef int32_t kind, n_rows
+        flat = np.empty(n, dtype=np.int32)
+        cdef int32_t[::1] view = flat
+        for i in range(n):
+            view[i] = self.log[i]
+        records = flat.reshape(-1, 5)
+        ops = []
+        i = 0
+        while i < records.shape[0]:
+            kind = records[i, 0]
+            if kind == LOG_DECODE:
+                n_rows = records[i, 1]
+                ops.append(("decode", records[i + 1:i + 1 + n_rows, 1:].copy()))
+                i += 1 + n_rows
+                continue
+            if kind == LOG_REMOVE:
+                ops.append(("remove", *map(int, records[i, 1:4])))
+            elif kind == LOG_COPY:
+                ops.append(("copy", *map(int, records[i, 1:5])))
+            else:
+                ops.append(("clear",))
+            i += 1
+        return ops
+
+    @_one_thread_at_a_time
+    def decode_rows(self, rows):
+        """Decode one batch of arbitrary rows: ``rows`` is an int array of shape (n, 4) with
+        columns (token, pos, seq_id, logits), as :meth:`recorded` returns them. Afterwards
+        :meth:`logits` holds one row per row whose ``logits`` column is nonzero, in order.
+        llama.cpp refuses (DecodeError) positions that do not continue each sequence."""
+        self.check_open()
+        arr = np.asarray(rows)
+        if arr.ndim != 2 or arr.shape[1] != 4 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"rows must be an integer array of shape (n, 4), got "
+                             f"{arr.dtype} {arr.shape}")
+        cdef Py_ssize_t n = arr.shape[0], i
+        if n == 0:
+            raise ValueError("rows is empty")
+        if n > self.batch_capacity:
+            raise ValueError(f"a batch holds at most n_batch={self.batch_capacity} rows, got {n}")
+        self.model.check_tokens(_as_tokens(arr[:, 0], "rows[:, 0] (tokens)"), "rows[:, 0]")
+        if arr[:, 1].min() < 0 or arr[:, 1].max() >= self.n_ctx:
+            raise ValueError(f"positions must be in [0, n_ctx={self.n_ctx})")
+        if arr[:, 2].min() < 0 or arr[:, 2].max() >= self.n_seq_max:
+            raise ValueError(f"seq_id must be in [0, {self.n_seq_max})")
+        cdef int32_t[:, ::1] r = np.ascontiguousarray(arr, dtype=np.int32)
+        with nogil:
+            self.batch_clear()
+            for i in range(n):
+                self.batch_add(r[i, 0], r[i, 1], r[i, 2], r[i, 3] != 0)
+            self.batch_decode()
 
     @_one_thread_at_a_time
     def kv_pos_min(self, int seq_id=0):
