@@ -1,6 +1,7 @@
 """Side by side: this checkout against an earlier revision, on the batch jobs.
 
-    python bench/ab.py --before REV [--jobs code,complete,chat] [--n-parallel 8] [--rounds 3]
+    python bench/ab.py --before REV [--before-tree DIR] [--jobs code,complete,chat]
+                       [--n-parallel 8] [--rounds 3]
 
 Whole-job timings on this machine drift between runs by more than most changes do, so a change
 is judged by running both builds alternately in one session, never by comparing figures from
@@ -71,6 +72,8 @@ def _job_in(tree: Path, job: str, n_parallel: int, side: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--before", help="git revision to compare this checkout against")
+    ap.add_argument("--before-tree", type=Path,
+                    help="an in-place build of --before to use instead of cloning and building it")
     ap.add_argument("--jobs", default=",".join(JOBS))
     ap.add_argument("--n-parallel", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
@@ -98,8 +101,15 @@ def main(argv=None) -> int:
     runs = {(job, tree, side): [] for job in jobs for tree in ("before", "after")
             for side in SIDES}
     with tempfile.TemporaryDirectory() as tmp:
-        before = Path(tmp) / "before"
-        _build(before_rev, before)
+        if args.before_tree:
+            before = args.before_tree.resolve()
+            head = subprocess.run(["git", "-C", str(before), "rev-parse", "HEAD"], check=True,
+                                  capture_output=True, text=True).stdout.strip()
+            if head != before_rev:
+                ap.error(f"--before-tree {before} is at {head[:12]}, not {before_rev[:12]}")
+        else:
+            before = Path(tmp) / "before"
+            _build(before_rev, before)
         trees = {"before": before, "after": ROOT}
         for rnd in range(args.rounds):
             for job in jobs:
