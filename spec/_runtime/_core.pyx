@@ -811,7 +811,7 @@ cdef class Context:
         context (``on``; what was recorded before is dropped), or stop. A debugging aid: the
         log grows by 20 bytes a decoded row. :meth:`recorded` returns it; replaying it on a
         fresh context with the same parameters reproduces each batch exactly
-        (``spec.testing.replay_argmax``)."""
+        (``spec.divergence.replay_argmax``)."""
         self.check_open()
         self.log.clear()
         self.n_logged = 0
