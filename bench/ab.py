@@ -1,6 +1,6 @@
-"""Side by side: this checkout against an earlier revision, on the batch jobs.
+"""Side by side: this checkout against an earlier revision, on batch and single-request jobs.
 
-    python bench/ab.py --before REV [--before-tree DIR] [--jobs code,complete,chat]
+    python bench/ab.py --before REV [--before-tree DIR] [--jobs code,complete,chat,single,tiny]
                        [--n-parallel 8] [--rounds 3]
 
 Whole-job timings on this machine drift between runs by more than most changes do, so a change
@@ -10,7 +10,11 @@ different runs. The --before revision is cloned into a temporary directory and b
 build or the other, plain and speculative, round after round; the figure per job and side is the
 median over rounds of after / before throughput. Jobs (32 prompts, default model, greedy):
 ``code`` and ``chat`` generate 64 tokens per request, ``complete`` generates each code rewrite
-to its closing fence (at most 320 tokens). Results: ``bench/results/ab.json`` (``--name``).
+to its closing fence (at most 320 tokens). ``single`` generates 64 tokens for each of 8 code
+prompts one request at a time (``Engine.generate``). ``tiny`` generates 2,048 tokens one request
+at a time on a tiny random llama (2 layers, 64 wide), where llama.cpp's decode costs a few
+microseconds and spec's own per-step code is most of the time: it bounds what the Python and
+Cython layers can add to the other jobs. Results: ``bench/results/ab.json`` (``--name``).
 """
 from __future__ import annotations
 
@@ -26,14 +30,17 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-JOBS = ("code", "complete", "chat")
+JOBS = ("code", "complete", "chat", "single", "tiny")
+TINY_MODEL = Path(tempfile.gettempdir()) / "spec-ab-tiny-llama.gguf"
 SIDES = ("plain", "spec")
 
 
 def run_job(job: str, n_parallel: int, drafter: str | None) -> dict:
-    """One batch job in this interpreter (whichever spec it imports); its throughput."""
+    """One job in this interpreter (whichever spec it imports); its throughput."""
     sys.path.insert(0, str(BENCH))
     import spec
+    if job in ("single", "tiny"):
+        return _run_single(job, drafter)
     from _workloads import chat_prompts, code_prompts
     from spec.models import gemma3_270m
 
@@ -45,6 +52,27 @@ def run_job(job: str, n_parallel: int, drafter: str | None) -> dict:
             engine.generate_batch(prompts[:2], n_parallel=n_parallel, max_tokens=4)  # warm-up
             t0 = time.perf_counter()
             results = engine.generate_batch(prompts, n_parallel=n_parallel, **gen)
+            wall = time.perf_counter() - t0
+    n_generated = sum(r.stats.n_generated for r in results)
+    return {"spec_file": spec.__file__, "tok_s": n_generated / wall, "wall_s": wall,
+            "n_generated": n_generated}
+
+
+def _run_single(job: str, drafter: str | None) -> dict:
+    """Requests one at a time: 8 code prompts on the default model, or one long tiny-model run."""
+    import spec
+    from _workloads import code_prompts
+    from spec.models import gemma3_270m
+
+    if job == "tiny":
+        path, prompts, n_tokens, n_threads = TINY_MODEL, [[1, 2, 3, 4, 5, 6, 7, 8]], 2048, 1
+    else:
+        path, prompts, n_tokens, n_threads = gemma3_270m(), code_prompts(8), 64, os.cpu_count()
+    with spec.Model(path) as model:
+        with spec.Engine(model, drafter=drafter, n_threads=n_threads) as engine:
+            engine.generate(prompts[0], max_tokens=4)                              # warm-up
+            t0 = time.perf_counter()
+            results = [engine.generate(p, max_tokens=n_tokens) for p in prompts]
             wall = time.perf_counter() - t0
     n_generated = sum(r.stats.n_generated for r in results)
     return {"spec_file": spec.__file__, "tok_s": n_generated / wall, "wall_s": wall,
@@ -111,6 +139,10 @@ def main(argv=None) -> int:
             before = Path(tmp) / "before"
             _build(before_rev, before)
         trees = {"before": before, "after": ROOT}
+        if "tiny" in jobs and not TINY_MODEL.exists():
+            sys.path.insert(0, str(ROOT))
+            from spec.testing import make_tiny_llama
+            make_tiny_llama(TINY_MODEL, proj_scale=0.05)      # repetitive: drafts get accepted
         for rnd in range(args.rounds):
             for job in jobs:
                 for tree, path in trees.items():
