@@ -84,6 +84,24 @@ def test_drafters_code_and_chat(model):
     })
 
 
+def test_ngram_draft_caps_under_auto(model):
+    """The n-gram drafters' longest draft (size_m, ngram-mod's n_max) at the engine's
+    defaults (16) and at 48, with n_draft="auto" planning the verified prefix."""
+    configs = {}
+    for d, key in (("ngram-simple", "size_m"), ("ngram-map-k", "size_m"),
+                   ("ngram-map-k4v", "size_m"), ("ngram-mod", "n_max")):
+        for cap in (16, 48):
+            configs[f"{d} {key}={cap}"] = (d, "auto", {key: cap})
+    code, code_acc = _speedups(model, code_prompts(N_PROMPTS), configs)
+    chat, chat_acc = _speedups(model, chat_prompts(N_PROMPTS), configs)
+    save("ngram_caps", {
+        "command": "python -m pytest bench/test_end_to_end.py -s -k caps",
+        "n_gen": N_GEN, "n_prompts": N_PROMPTS,
+        "code_speedup": code, "code_mean_accept_len": code_acc,
+        "chat_speedup": chat, "chat_mean_accept_len": chat_acc,
+    })
+
+
 def test_side_by_side_with_llama_speculative_simple(model, default_model_path):
     prompts = code_prompts(N_PROMPTS)
     rows = {}

@@ -365,6 +365,11 @@ class Engine:
     draft_cost : float
         Prior verify cost of one drafted token in plain decode steps, used until batch sizes
         have been measured and for sizes not measured lately.
+    tree : bool
+        Tree verification: a verify batch also carries up to three of the drafter's
+        alternative branches where its measured cost says they pay (greedy requests of a
+        model-free drafter; the suffix tree drafts alternatives). The context gets three more
+        sequence ids for them. Off by default: see bench/RESULTS.md "Tree verification".
     n_ctx, n_batch, n_threads : int
         Context options (see :class:`Context`).
     n_gpu_layers : int

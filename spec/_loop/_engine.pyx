@@ -10,9 +10,9 @@ Plain decoding is the same loop with drafts of length zero, so plain and specula
 identically and differ only in the verify batches (see the losslessness tests).
 
 Tree verification (``Drafting(tree=True)``, greedy sequences of a model-free drafter): a verify
-batch costs least at the kernels' row tiles, so when the planned batch is a few rows short of a
-size measured to cost no more, the spare rows carry the drafter's alternative branches
-(``draft_tree_seq``). A branch is a temporary sequence id from the context's last TREE_SEQS ids:
+batch's cost steps at the kernels' row tiles (8 rows can cost less than 7), so up to TILE - 1
+more rows carry the drafter's alternative branches (``draft_tree_seq``) where they raise the
+batch's expected tokens per second (``_fill_tree``). A branch is a temporary sequence id from the context's last TREE_SEQS ids:
 it is given the sequence's KV memory (``seq_cp``, metadata only in a unified cache), its rows
 are decoded in the same batch (rows shared by several branches belong to all of them), the
 target's argmax walks the tree, and the accepted branch's cells are handed to the sequence
@@ -32,6 +32,7 @@ from spec.drafters.sessions._sessions cimport Session
 from spec._runtime._signals cimport check_signals, monotonic_us
 from spec._loop._plan cimport (COST_FRESH, COST_ROWS, EXPLORE_EVERY, TILE, CostModel, DraftPolicy,
                          PlanBuffers, checked_tokens, cost_age, cost_estimate, cost_init, cost_update,
+                         token_prob,
                          plan_drafts, plan_lengths, plan_verify, policy_observe, policy_start)
 from spec._c.typedefs cimport pos_t, seq_t, token_t
 from spec._loop._verify cimport (SamplerParams, Rng, Workspace, rng_seed, sample_token, top2_margin,
@@ -74,7 +75,10 @@ cdef struct SeqState:
     int64_t* accept_hist    # [n_draft_max + 1] verify steps by number of accepted drafts
     int64_t* accept_by_pos  # [n_draft_max] accepted drafts by draft position
     int64_t* draft_by_pos   # [n_draft_max] drafted tokens by draft position
-    int32_t* parents        # [n_draft_max + TREE_CANDIDATES] tree drafts: each token's parent
+    int32_t* parents        # [n_draft_max + TREE_CANDIDATES] tree drafts: each token's parent,
+    float* probs            #   the drafter's estimate of its path probability,
+    float* node_p           #   its chance of acceptance (see _fill_tree),
+    int32_t* node_map       #   its index in the batch's tree, or -1
     int n_nodes             # tree drafts: path + candidate branch tokens drafted this step
     int n_branch            # branch tokens verified this step, at draft[n_draft:]
     int n_leaves            # this step's branch sequence ids
@@ -166,56 +170,91 @@ cdef int _first_token(Context ctx, SeqState* s, const float* logits, const Engin
 # branches, parents before children. Node x sits in the batch at row batch_start + 1 + x, at
 # position n_past + depth(x).
 
-cdef int _fill_tree(SeqState** seqs, int n_seqs, const CostModel* cost, int n_batch,
-                    int32_t* node_map) noexcept nogil:
-    """Give the verify batch's spare rows to branches: the rows up to the cheapest batch size
-    within TREE_SEQS rows above the planned one (the larger on ties; sizes off the tiles count
-    only where measured, as in the planner). Sequences take them in order, each its candidates
-    most probable first whose parent is in the batch. Returns the branch rows added."""
+cdef int _fill_tree(SeqState** seqs, int n_seqs, const CostModel* cost,
+                    int n_batch) noexcept nogil:
+    """Add branches to the planned verify batch where they raise its expected tokens per
+    second: up to TREE_SEQS rows, each the candidate most likely to be accepted (its parent
+    in the batch), kept as far as the measured cost of the grown batch pays (sizes off the
+    kernels' tiles count only where measured, as in the planner).
+
+    A node's chance of acceptance: the planner's for a path token (token_prob along the path),
+    and for a branch its parent's chance times the drafter's conditional estimate (the ratio
+    of their path probabilities). Each accepted node is one more token. Returns rows added."""
     cdef SeqState* s
-    cdef int i, c, p, w, r, n_rows = 0, best, spare, n_added = 0
-    cdef double t, best_t
-    for i in range(n_seqs):
-        if _generating(seqs[i]):
-            n_rows += 1 + seqs[i].n_draft
-    if n_rows == 0:
-        return 0
-    best = n_rows
-    best_t = cost_estimate(cost, n_rows)
-    for r in range(n_rows + 1, min(n_rows + TREE_SEQS, n_batch) + 1):
-        if r % TILE and cost_age(cost, r) > COST_FRESH:
-            continue
-        t = cost_estimate(cost, r)
-        if t <= best_t:
-            best = r
-            best_t = t
-    spare = best - n_rows
+    cdef int i, j, c, p, x, n_rows = 0, n_picks = 0, best_x = 0, w
+    cdef int pick_seq[TREE_SEQS]
+    cdef int pick_node[TREE_SEQS]
+    cdef double tokens = 0, gain, g, best_rate, rate, reach
     for i in range(n_seqs):
         s = seqs[i]
-        if spare == 0 or not _generating(s) or s.n_nodes <= s.n_proposed:
+        if not _generating(s):
             continue
-        # compact the chosen candidates to draft[n_draft:], remapping their parents; the path
-        # tokens past n_draft are not verified, so branches under them are not eligible
+        n_rows += 1 + s.n_draft
+        tokens += 1.0
+        reach = 1.0
+        for j in range(s.n_draft):
+            reach *= token_prob(s.policy.alpha, s.policy.run, j)
+            tokens += reach
+            s.node_p[j] = <float> reach
+        # candidates: their chance, and -1 in node_map (not in the batch)
+        for c in range(s.n_proposed, s.n_nodes):
+            s.node_map[c] = -1
+            p = s.parents[c]
+            if p < 0:
+                s.node_p[c] = s.probs[c]
+            elif p < s.n_proposed and p >= s.n_draft:
+                s.node_p[c] = 0      # under a path token the plan does not verify
+            else:
+                s.node_p[c] = s.node_p[p] * s.probs[c] / s.probs[p] if s.probs[p] > 0 else 0
+    if n_rows == 0:
+        return 0
+    best_rate = tokens / cost_estimate(cost, n_rows)
+    for x in range(1, min(TREE_SEQS, n_batch - n_rows) + 1):
+        # the most likely candidate whose parent is in the batch
+        gain = 0
+        for i in range(n_seqs):
+            s = seqs[i]
+            if not _generating(s):
+                continue
+            for c in range(s.n_proposed, s.n_nodes):
+                p = s.parents[c]
+                if s.node_map[c] >= 0 or not (p < s.n_draft or (
+                        p >= s.n_proposed and s.node_map[p] >= 0)):
+                    continue
+                g = s.node_p[c]
+                if g > gain:
+                    gain = g
+                    pick_seq[n_picks] = i
+                    pick_node[n_picks] = c
+        if gain <= 0:
+            break
+        seqs[pick_seq[n_picks]].node_map[pick_node[n_picks]] = 0      # in the batch
+        n_picks += 1
+        tokens += gain
+        if (n_rows + x) % TILE and cost_age(cost, n_rows + x) > COST_FRESH:
+            continue
+        rate = tokens / cost_estimate(cost, n_rows + x)
+        if rate > best_rate * (1.0 + 1e-9):
+            best_rate = rate
+            best_x = x
+    for x in range(best_x, n_picks):
+        seqs[pick_seq[x]].node_map[pick_node[x]] = -1
+    # compact each sequence's chosen branches to draft[n_draft:], parents remapped
+    for i in range(n_seqs):
+        s = seqs[i]
+        if not _generating(s) or s.n_nodes <= s.n_proposed:
+            continue
         w = s.n_draft
         for c in range(s.n_proposed, s.n_nodes):
-            if spare == 0:
-                break
-            p = s.parents[c]
-            if p < s.n_draft:
-                pass
-            elif p >= s.n_proposed and node_map[p] >= 0:
-                p = node_map[p]
-            else:
-                node_map[c] = -1
+            if s.node_map[c] < 0:
                 continue
-            node_map[c] = w
+            p = s.parents[c]
+            s.node_map[c] = w
             s.draft[w] = s.draft[c]
-            s.parents[w] = p
+            s.parents[w] = p if p < s.n_draft else s.node_map[p]
             w += 1
-            spare -= 1
         s.n_branch = w - s.n_draft
-        n_added += s.n_branch
-    return n_added
+    return best_x
 
 
 cdef int _add_tree_rows(Context ctx, SeqState* s, int* n_leaves, seq_t branch_seq0,
@@ -364,7 +403,6 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     cdef int i, j, k, n_acc, n_rows, n_active = 0, row_cap, n_checked, n_matched
     cdef int n_path, n_leaves = 0
     cdef Py_ssize_t n_path_drafted
-    cdef int32_t* node_map = scratch
     cdef int32_t* acc_rows = scratch + cfg.n_draft_max + TREE_CANDIDATES + 2
     cdef double seconds
     cdef bint any_replay = False, auto, explore, shadow
@@ -411,7 +449,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
             s.n_nodes = <int> drafter.draft_tree_seq(
                 s.seq, s.tokens, s.n_prompt + s.n_generated - 1,
                 s.tokens[s.n_prompt + s.n_generated - 1], k, k + TREE_CANDIDATES, s.draft,
-                s.parents, &n_path_drafted)
+                s.parents, s.probs, &n_path_drafted)
             s.n_proposed = <int> n_path_drafted
         else:
             s.n_proposed = <int> min(k, drafter.draft_seq(
@@ -429,7 +467,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
             if plan.avail[i] >= 0:
                 seqs[i].n_draft = plan.lengths[i]
     if cfg.tree and drafter is not None:
-        _fill_tree(seqs, n_seqs, cost, ctx.n_batch, node_map)
+        _fill_tree(seqs, n_seqs, cost, ctx.n_batch)
     t1 = monotonic_us()
     timers.draft_s += (t1 - t0) * 1e-6
     # 2. prompt chunks of sequences still prefilling, in a decode of their own (logits at a
@@ -485,7 +523,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
             ctx.batch_add(s.draft[j], s.n_past + 1 + j, s.seq, True)
         n_rows += 1 + s.n_draft
         if s.n_branch > 0:
-            _add_tree_rows(ctx, s, &n_leaves, cfg.branch_seq0, node_map)
+            _add_tree_rows(ctx, s, &n_leaves, cfg.branch_seq0, scratch)
             n_rows += s.n_branch
     if n_rows == 0:
         return 0
@@ -600,8 +638,8 @@ cdef class Sequence:
     the loop's running acceptance over the sequences it has already run.
     """
     cdef SeqState state
-    cdef object tokens_arr, draft_arr, parents_arr, margins_arr, hist_arr, acc_pos_arr
-    cdef object draft_pos_arr
+    cdef object tokens_arr, draft_arr, parents_arr, probs_arr, node_map_arr, margins_arr
+    cdef object hist_arr, acc_pos_arr, draft_pos_arr
 
     def __init__(self, int seq, prompt, int max_tokens, int n_draft_max, sampling=None, *,
                  bint trace=False, double alpha0=NAN):
@@ -612,6 +650,8 @@ cdef class Sequence:
         # room for a tree draft: the path and the branch candidates
         self.draft_arr = np.zeros(n_draft_max + TREE_CANDIDATES, dtype=np.int32)
         self.parents_arr = np.zeros(n_draft_max + TREE_CANDIDATES, dtype=np.int32)
+        self.probs_arr = np.zeros((2, n_draft_max + TREE_CANDIDATES), dtype=np.float32)
+        self.node_map_arr = np.zeros(n_draft_max + TREE_CANDIDATES, dtype=np.int32)
         self.margins_arr = np.zeros(max(max_tokens, 1), dtype=np.float32) if trace else None
         self.hist_arr = np.zeros(n_draft_max + 1, dtype=np.int64)
         self.acc_pos_arr = np.zeros(max(n_draft_max, 1), dtype=np.int64)
@@ -624,6 +664,9 @@ cdef class Sequence:
         s.max_tokens = max_tokens
         s.draft = <token_t*> cnp.PyArray_DATA(self.draft_arr)
         s.parents = <int32_t*> cnp.PyArray_DATA(self.parents_arr)
+        s.probs = <float*> cnp.PyArray_DATA(self.probs_arr)
+        s.node_p = s.probs + n_draft_max + TREE_CANDIDATES
+        s.node_map = <int32_t*> cnp.PyArray_DATA(self.node_map_arr)
         s.margins = <float*> cnp.PyArray_DATA(self.margins_arr) if trace else NULL
         s.accept_hist = <int64_t*> cnp.PyArray_DATA(self.hist_arr)
         s.accept_by_pos = <int64_t*> cnp.PyArray_DATA(self.acc_pos_arr)

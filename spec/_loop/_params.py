@@ -81,9 +81,9 @@ class Drafting:
     lengths planned from acceptance and the measured verify cost, up to ``n_draft_max``
     (default :attr:`N_DRAFT_MAX`, or ``n_batch - 1`` if smaller: one verify batch holds a draft
     and the token before it). ``draft_cost`` is the planner's prior cost of one drafted token,
-    in plain decode steps, used until batch sizes have been measured. ``tree`` fills a verify
-    batch's spare rows (up to the next size measured to cost no more) with the drafter's
-    alternative branches, for greedy sequences of a model-free drafter (see spec._loop._engine).
+    in plain decode steps, used until batch sizes have been measured. ``tree`` adds the drafter's
+    alternative branches to a verify batch (a few rows, where the measured cost says they pay),
+    for greedy sequences of a model-free drafter (see spec._loop._engine).
 
     Raises TypeError / ValueError naming the bad field.
     """

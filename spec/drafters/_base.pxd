@@ -9,7 +9,8 @@
 #   draft_tree_seq(seq, history, id_last, n_path_max, n_max, out, parents, &n_path)
 #                                instead of draft_seq, for tree verification: the path draft
 #                                (at most n_path_max tokens, parents -1, 0, 1, ...) and then
-#                                other branches, parents before children, n_max tokens in all
+#                                other branches, parents before children, n_max tokens in all;
+#                                probs (may be NULL): each token's estimated path probability
 #   accept_seq(seq, n_accepted)  after verification: how many of the last draft were accepted
 #                                (at most its length; once per draft)
 #   follow_seq(seq, n_accepted)  instead of accept_seq, inside a chain (spec.drafters._chain), for a
@@ -56,7 +57,7 @@ cdef class Drafter:
                               token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil
     cdef Py_ssize_t draft_tree_seq(self, int seq, const token_t* history, Py_ssize_t n_history,
                                    token_t id_last, Py_ssize_t n_path_max, Py_ssize_t n_max,
-                                   token_t* out, int32_t* parents,
+                                   token_t* out, int32_t* parents, float* probs,
                                    Py_ssize_t* n_path) except -1 nogil
     cdef int accept_seq(self, int seq, Py_ssize_t n_accepted) except -1 nogil
     cdef int follow_seq(self, int seq, Py_ssize_t n_accepted) except -1 nogil

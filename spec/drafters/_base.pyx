@@ -146,7 +146,7 @@ cdef class Drafter:
 
     cdef Py_ssize_t draft_tree_seq(self, int seq, const token_t* history, Py_ssize_t n_history,
                                    token_t id_last, Py_ssize_t n_path_max, Py_ssize_t n_max,
-                                   token_t* out, int32_t* parents,
+                                   token_t* out, int32_t* parents, float* probs,
                                    Py_ssize_t* n_path) except -1 nogil:
         cdef Py_ssize_t n
         self.last_draft[seq] = 0
@@ -154,7 +154,7 @@ cdef class Drafter:
         if n_path_max <= 0 or n_max <= 0:
             return 0
         n = self._draft_tree(seq, history, n_history, id_last, min(n_path_max, n_max), n_max,
-                             out, parents, NULL, n_path)
+                             out, parents, probs, n_path)
         self.last_draft[seq] = n_path[0]      # accept counts tokens of the path
         return n
 
