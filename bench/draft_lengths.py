@@ -16,7 +16,8 @@ draft lengths could reach with that drafter on this machine (default model only:
 that model's). With ``--llama``, llama.cpp's
 ``llama-speculative-simple`` runs each prompt with ngram-simple and ngram-mod at their defaults
 (up to 48 drafted) and at ``size_n`` 4; its speedup is over spec's plain decoding of the same
-prompt (spec's plain decode runs at 0.98 of llama.cpp's own, bench/RESULTS.md).
+prompt (spec's plain decode runs at 0.98 of llama.cpp's own, bench/RESULTS.md). Prompts whose
+plain answer is shorter than MIN_GEN tokens are left out.
 Results: ``bench/results/draft_lengths.json``.
 """
 from __future__ import annotations
@@ -35,6 +36,8 @@ ROOT = BENCH.parent
 THREADS = int(os.environ.get("SPEC_BENCH_THREADS", os.cpu_count() or 2))
 N_MAX = 64          # the oracle's longest draft (this checkout's n_draft_max)
 MODEL = os.environ.get("SPEC_BENCH_MODEL", "default")     # set from --model for the runs
+MIN_GEN = 16        # prompts whose plain answer is shorter are left out (an instruct model may
+                    # end its answer at once)
 LLAMA = {           # name -> (--spec-type, extra flags)
     "llama ngram-simple": ("ngram-simple", []),
     "llama ngram-simple n4": ("ngram-simple", ["--spec-ngram-simple-size-n", "4"]),
@@ -62,6 +65,8 @@ def run(drafter: str, n_gen: int, n_prompts: int) -> dict:
         for kind, prompts in workloads(n_prompts).items():
             for i, prompt in enumerate(prompts):
                 base = plain.generate(prompt, max_tokens=n_gen)
+                if base.stats.n_generated < MIN_GEN:
+                    continue    # the model ends its answer at once: no speed to compare
                 res = engine.generate(prompt, max_tokens=n_gen)
                 out["runs"][f"{kind}{i}"] = {
                     "plain_tok_s": base.stats.decode_tok_s, "tok_s": res.stats.decode_tok_s,
@@ -117,6 +122,8 @@ def llama_speedups(n_gen: int, n_prompts: int, plain_tok_s: dict) -> dict:
     for kind, prompts in workloads(n_prompts).items():
         for i, prompt in enumerate(prompts):
             key = f"{kind}{i}"
+            if key not in plain_tok_s:
+                continue        # left out of spec's runs (MIN_GEN)
             with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
                 f.write(prompt)
             for name, (spec_type, flags) in LLAMA.items():

@@ -1,6 +1,6 @@
 """Tree verification against the linear draft, on the default model.
 
-    python -m pytest bench/test_tree.py -s
+    python -m pytest bench/test_tree.py -s [-k against_linear | -k sequence_ids]
 
 Greedy, 128 new tokens, suffix drafter with n_draft="auto", the code-rewrite and chat prompts
 of the end-to-end benchmark. Per prompt, plain, linear and tree run back to back (in that order,
@@ -82,5 +82,30 @@ def test_tree_against_linear(model):
               f"tree / linear: tok/s {r['tree_over_linear_tok_s']:.3f}, per verify-second "
               f"{r['tree_over_linear_verify_tok_s']:.3f}; {r['branch_rows']} branch rows in "
               f"{r['tree_steps']} steps won {r['branch_accepted']} tokens")
-    save("tree", {"command": "python -m pytest bench/test_tree.py -s", "n_gen": N_GEN,
+    save("tree", {"command": "python -m pytest bench/test_tree.py -s -k against_linear",
+                  "n_gen": N_GEN,
                   "n_prompts": N_PROMPTS, **results})
+
+
+def test_extra_sequence_ids(model):
+    """What the tree engine's 3 extra sequence ids cost without any branch: the linear suffix
+    engine on a context for 1 sequence against one for 4 (Gemma-3's sliding-window cache grows
+    with the sequence count), one request at a time, alternating per prompt."""
+    out = {}
+    for kind, prompts in (("code", code_prompts(N_PROMPTS)), ("chat", chat_prompts(N_PROMPTS))):
+        make = dict(model=model, drafter="suffix", n_ctx=N_CTX, n_threads=THREADS)
+        one, four = spec.Engine(n_parallel=1, **make), spec.Engine(n_parallel=4, **make)
+        for e in (one, four):
+            e.generate(prompts[0], max_tokens=8)
+        ratios = []
+        for prompt in prompts:
+            for rnd in range(2):
+                pair = (one, four) if rnd == 0 else (four, one)
+                st = {id(e): _run(e, prompt) for e in pair}
+                ratios.append(st[id(four)].decode_tok_s / st[id(one)].decode_tok_s)
+        one.close()
+        four.close()
+        out[kind] = {"four_over_one_tok_s": statistics.median(ratios), "ratios": ratios}
+        print(f"{kind}: 4 sequence ids / 1, tok/s {out[kind]['four_over_one_tok_s']:.3f}")
+    save("tree_sequence_ids", {"command": "python -m pytest bench/test_tree.py -s -k sequence_ids",
+                               "n_gen": N_GEN, "n_prompts": N_PROMPTS, **out})
