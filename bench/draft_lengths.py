@@ -2,9 +2,9 @@
 llama-speculative-simple, and the hindsight oracle, per prompt.
 
     python bench/draft_lengths.py --before REV [--rounds 2] [--n-gen 128] [--prompts 8]
-                                  [--drafters suffix,ngram-simple] [--llama]
+                                  [--drafters suffix,ngram-simple] [--llama] [--model NAME]
 
-Greedy, default model, 2 threads; the held-out code-rewrite and chat prompts of the end-to-end
+Greedy, the default model (or ``--model``, a name of spec.models: ``smollm2``), 2 threads; the held-out code-rewrite and chat prompts of the end-to-end
 benchmark. Every (revision, drafter) pair runs in a fresh interpreter that, for each prompt in
 turn, generates with plain decoding and then with the drafter (``n_draft="auto"``, the
 revision's defaults), so each speedup is a ratio measured back to back; revisions alternate
@@ -12,10 +12,12 @@ round after round and the figure per prompt is the median over rounds. The oracl
 (``spec.simulate(..., cost_table=...)``) replays the plain output through the drafter, priced
 by the verify-cost table of ``bench/results/verify_cost.json`` (``python -m pytest
 bench/test_verify_cost.py -s`` measures it, to 72 rows): the best speedup any schedule of
-draft lengths could reach with that drafter on this machine. With ``--llama``, llama.cpp's
+draft lengths could reach with that drafter on this machine (default model only: the table is
+that model's). With ``--llama``, llama.cpp's
 ``llama-speculative-simple`` runs each prompt with ngram-simple and ngram-mod at their defaults
 (up to 48 drafted) and at ``size_n`` 4; its speedup is over spec's plain decoding of the same
-prompt (spec's plain decode runs at 0.98 of llama.cpp's own, bench/RESULTS.md).
+prompt (spec's plain decode runs at 0.98 of llama.cpp's own, bench/RESULTS.md). Prompts whose
+plain answer is shorter than MIN_GEN tokens are left out.
 Results: ``bench/results/draft_lengths.json``.
 """
 from __future__ import annotations
@@ -33,6 +35,9 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 THREADS = int(os.environ.get("SPEC_BENCH_THREADS", os.cpu_count() or 2))
 N_MAX = 64          # the oracle's longest draft (this checkout's n_draft_max)
+MODEL = os.environ.get("SPEC_BENCH_MODEL", "default")     # set from --model for the runs
+MIN_GEN = 16        # prompts whose plain answer is shorter are left out (an instruct model may
+                    # end its answer at once)
 LLAMA = {           # name -> (--spec-type, extra flags)
     "llama ngram-simple": ("ngram-simple", []),
     "llama ngram-simple n4": ("ngram-simple", ["--spec-ngram-simple-size-n", "4"]),
@@ -52,7 +57,7 @@ def run(drafter: str, n_gen: int, n_prompts: int) -> dict:
     """In this interpreter (whichever spec it imports): per prompt, plain then drafter."""
     import spec
     out = {"spec_file": spec.__file__, "runs": {}}
-    with spec.Model(spec.models.resolve("default")) as model:
+    with spec.Model(spec.models.resolve(MODEL)) as model:
         plain = spec.Engine(model, drafter=None, n_ctx=4096, n_threads=THREADS)
         engine = spec.Engine(model, drafter=drafter, n_ctx=4096, n_threads=THREADS)
         for e in (plain, engine):
@@ -60,6 +65,8 @@ def run(drafter: str, n_gen: int, n_prompts: int) -> dict:
         for kind, prompts in workloads(n_prompts).items():
             for i, prompt in enumerate(prompts):
                 base = plain.generate(prompt, max_tokens=n_gen)
+                if base.stats.n_generated < MIN_GEN:
+                    continue    # the model ends its answer at once: no speed to compare
                 res = engine.generate(prompt, max_tokens=n_gen)
                 out["runs"][f"{kind}{i}"] = {
                     "plain_tok_s": base.stats.decode_tok_s, "tok_s": res.stats.decode_tok_s,
@@ -110,11 +117,13 @@ def llama_speedups(n_gen: int, n_prompts: int, plain_tok_s: dict) -> dict:
     sys.path.insert(0, str(BENCH))
     import spec
     from _llama_tools import speculative_simple
-    model = str(spec.models.resolve("default"))
+    model = str(spec.models.resolve(MODEL))
     out = {name: {} for name in LLAMA}
     for kind, prompts in workloads(n_prompts).items():
         for i, prompt in enumerate(prompts):
             key = f"{kind}{i}"
+            if key not in plain_tok_s:
+                continue        # left out of spec's runs (MIN_GEN)
             with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
                 f.write(prompt)
             for name, (spec_type, flags) in LLAMA.items():
@@ -138,6 +147,7 @@ def main(argv=None) -> int:
     ap.add_argument("--save", default="draft_lengths",
                     help="results file name in bench/results (without .json)")
     ap.add_argument("--llama", action="store_true")
+    ap.add_argument("--model", default="default", help="a model name of spec.models")
     ap.add_argument("--run", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.run:
@@ -146,7 +156,10 @@ def main(argv=None) -> int:
     sys.path[:0] = [str(ROOT), str(BENCH)]
     import spec
     from conftest import save
-    table = cost_table()
+    global MODEL
+    MODEL = os.environ["SPEC_BENCH_MODEL"] = args.model      # the runs' interpreters inherit it
+    oracle = spec.models.resolve(args.model) == spec.models.resolve("default")
+    table = cost_table() if oracle else None
     drafters = args.drafters.split(";" if ";" in args.drafters else ",")
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,11 +184,13 @@ def main(argv=None) -> int:
             for side in trees:
                 row[f"{side} {drafter}"] = statistics.median(
                     r[key]["speedup"] for r in runs[side, drafter])
-            sim = spec.simulate(drafter, stream, n_max=N_MAX,
-                                prompt_len=len(first[key]["prompt_tokens"]), cost_table=table)
-            row[f"oracle {drafter}"] = sim.oracle_speedup
-            row[f"simulated {drafter}"] = sim.policy_speedup
-            row[f"achieved/oracle {drafter}"] = row[f"after {drafter}"] / sim.oracle_speedup
+            if oracle:
+                sim = spec.simulate(drafter, stream, n_max=N_MAX,
+                                    prompt_len=len(first[key]["prompt_tokens"]),
+                                    cost_table=table)
+                row[f"oracle {drafter}"] = sim.oracle_speedup
+                row[f"simulated {drafter}"] = sim.policy_speedup
+                row[f"achieved/oracle {drafter}"] = row[f"after {drafter}"] / sim.oracle_speedup
         row["plain_tok_s"] = statistics.median(r[key]["plain_tok_s"]
                                                for r in runs["after", drafters[0]])
         rows[key] = row
@@ -194,7 +209,8 @@ def main(argv=None) -> int:
         for c in cols:
             print(f"  {c:28s} {summary[kind][c]['median']:.3f} ({summary[kind][c]['min']:.3f})")
     save(args.save, {"command": "python bench/draft_lengths.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]), "before": args.before, "n_gen": args.n_gen,
+        argv if argv is not None else sys.argv[1:]), "model": args.model,
+        "before": args.before, "n_gen": args.n_gen,
         "n_prompts": args.prompts, "rounds": args.rounds, "n_max_oracle": N_MAX,
         "summary": summary, "per_prompt": rows})
     return 0

@@ -71,17 +71,33 @@ def _speedups(model, prompts, configs):
             {name: statistics.median(a) for name, a in accept.items()})
 
 
-def test_drafters_code_and_chat(model):
-    configs = {f"{d} auto": (d, "auto", None) for d in AUTO_DRAFTERS}
-    configs.update({f"{d} n=8": (d, 8, None) for d in ("ngram-simple", "ngram-mod", "suffix")})
+def _code_and_chat(model, configs, name: str, selector: str) -> None:
+    """Speedups of configs on both workloads, saved as bench/results/<name>.json."""
     code, code_acc = _speedups(model, code_prompts(N_PROMPTS), configs)
     chat, chat_acc = _speedups(model, chat_prompts(N_PROMPTS), configs)
-    save("end_to_end", {
-        "command": "python -m pytest bench/test_end_to_end.py -s -k code_and_chat",
+    save(name, {
+        "command": f"python -m pytest bench/test_end_to_end.py -s -k {selector}",
         "n_gen": N_GEN, "n_prompts": N_PROMPTS,
         "code_speedup": code, "code_mean_accept_len": code_acc,
         "chat_speedup": chat, "chat_mean_accept_len": chat_acc,
     })
+
+
+def test_drafters_code_and_chat(model):
+    configs = {f"{d} auto": (d, "auto", None) for d in AUTO_DRAFTERS}
+    configs.update({f"{d} n=8": (d, 8, None) for d in ("ngram-simple", "ngram-mod", "suffix")})
+    _code_and_chat(model, configs, "end_to_end", "code_and_chat")
+
+
+def test_ngram_draft_caps_under_auto(model):
+    """The n-gram drafters' longest draft (size_m, ngram-mod's n_max) at the engine's
+    defaults (16) and at 48, with n_draft="auto" planning the verified prefix."""
+    configs = {}
+    for d, key in (("ngram-simple", "size_m"), ("ngram-map-k", "size_m"),
+                   ("ngram-map-k4v", "size_m"), ("ngram-mod", "n_max")):
+        for cap in (16, 48):
+            configs[f"{d} {key}={cap}"] = (d, "auto", {key: cap})
+    _code_and_chat(model, configs, "ngram_caps", "caps")
 
 
 def test_side_by_side_with_llama_speculative_simple(model, default_model_path):

@@ -50,24 +50,46 @@ def context_params(ctx: Context) -> dict:
                 n_threads=ctx.n_threads)
 
 
+def _row_seqs(op) -> list[tuple[int, ...]]:
+    """Each row's sequences in a decode op (several in a tree verify's shared rows)."""
+    return list(op[2]) if len(op) > 2 else [(int(q),) for q in op[1][:, 2]]
+
+
+def _kept_by(seq: int, row_seqs: tuple, pos: int, edits: list) -> bool:
+    """Whether ``seq`` holds the cell a row at ``pos`` wrote, after the KV edits that followed
+    its decode: its own row not dropped by a suffix removal, or a branch's row handed to it."""
+    def covers(p0, p1):
+        return p0 <= pos and (p1 < 0 or pos < p1)
+    if seq in row_seqs:
+        return not any(e[0] == "remove" and e[1] == seq and e[2] >= 0 and covers(e[2], e[3])
+                       for e in edits)
+    return any(e[0] == "copy" and e[1] in row_seqs and e[2] == seq and covers(e[3], e[4])
+               for e in edits)
+
+
 def _target_op(trace: DecodeTrace, pos: int) -> tuple[int, int]:
     """The last decode of the request holding the traced sequence's row at ``pos`` with
-    logits, and that row's index among the batch's logits rows."""
+    logits (in a tree verify: the row whose cell the sequence kept), and that row's index
+    among the batch's logits rows."""
+    next_decode = len(trace.ops)
     for k in range(len(trace.ops) - 1, trace.first_op - 1, -1):
         op = trace.ops[k]
         if op[0] != "decode":
             continue
-        rows = op[1]
-        hit = np.nonzero((rows[:, 2] == trace.seq_id) & (rows[:, 1] == pos) & (rows[:, 3] != 0))[0]
-        if hit.size:
-            return k, int(np.count_nonzero(rows[:hit[0], 3]))
+        rows, edits = op[1], trace.ops[k + 1:next_decode]
+        next_decode = k
+        seqs = _row_seqs(op)
+        for i in np.nonzero((rows[:, 1] == pos) & (rows[:, 3] != 0))[0]:
+            if _kept_by(trace.seq_id, seqs[i], pos, edits):
+                return k, int(np.count_nonzero(rows[:i, 3]))
     raise ValueError(f"the trace holds no decode of sequence {trace.seq_id} with logits at "
                      f"position {pos}")
 
 
-def _check_continues(ctx: Context, rows: np.ndarray, k: int) -> None:
-    for seq in np.unique(rows[:, 2]):
-        pos = rows[rows[:, 2] == seq, 1]
+def _check_continues(ctx: Context, op, k: int) -> None:
+    rows, seqs = op[1], _row_seqs(op)
+    for seq in sorted(set().union(*seqs)):
+        pos = rows[[seq in row for row in seqs], 1]
         expected = ctx.kv_pos_max(int(seq)) + 1
         if pos[0] != expected or np.any(np.diff(pos) != 1):
             raise AssertionError(
@@ -89,8 +111,8 @@ def replay_argmax(model: Model, trace: DecodeTrace, index: int) -> Replayed:
         for k, op in enumerate(trace.ops[:target + 1]):
             kind = op[0]
             if kind == "decode":
-                _check_continues(ctx, op[1], k)
-                ctx.decode_rows(op[1])
+                _check_continues(ctx, op, k)
+                ctx.decode_rows(op[1], op[2] if len(op) > 2 else None)
             elif kind == "remove":
                 ctx.kv_remove(*op[1:])
             elif kind == "copy":

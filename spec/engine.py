@@ -21,7 +21,7 @@ import numpy as np
 from spec._runtime._core import MAX_SEQ, Context, Model, as_tokens
 from spec._loop._counters import StepCounters
 from spec._loop import _simulate
-from spec._loop._engine import Loop, Sequence
+from spec._loop._engine import N_BRANCH_SEQS, Loop, Sequence
 from spec._runtime._errors import (ClosedError, ContextOverflowError, EngineBusyError, RequestError,
                           SessionInitError)
 from spec._loop._params import SAMPLING_KEYS, Drafting, Sampling
@@ -279,6 +279,8 @@ class Stats(StepCounters):
     verify_s: float = 0.0         # decode time of the verify batches
     sample_s: float = 0.0         # verification and sampling kernels
     decode_s: float = 0.0         # wall time after prefill
+    n_branch_rows: int = 0        # tree verification: branch rows verified (beside the drafts)
+    n_branch_accepted: int = 0    # tokens accepted through a branch (counted in n_accepted)
     #: with a DrafterChain, per stage: its counters and times in this generation (the
     #: reference's terms, see DrafterChain.stage_stats); empty otherwise and for batch requests,
     #: whose stages serve every sequence at once (the chain keeps the job's totals)
@@ -363,6 +365,11 @@ class Engine:
     draft_cost : float
         Prior verify cost of one drafted token in plain decode steps, used until batch sizes
         have been measured and for sizes not measured lately.
+    tree : bool
+        Tree verification: a verify batch also carries up to three of the drafter's
+        alternative branches where its measured cost says they pay (greedy requests of a
+        model-free drafter; the suffix tree drafts alternatives). The context gets three more
+        sequence ids for them. Off by default: see bench/RESULTS.md "Tree verification".
     n_ctx, n_batch, n_threads : int
         Context options (see :class:`Context`).
     n_gpu_layers : int
@@ -377,8 +384,8 @@ class Engine:
     N_DRAFT_MAX = Drafting.N_DRAFT_MAX      # the default bound of "auto" drafts
 
     def __init__(self, model, drafter="suffix", *, n_draft="auto", n_draft_max=None,
-                 draft_cost=0.43, n_ctx=None, n_batch=512, n_threads=None, n_parallel=1,
-                 n_gpu_layers=0, drafter_params=None):
+                 draft_cost=0.43, tree=False, n_ctx=None, n_batch=512, n_threads=None,
+                 n_parallel=1, n_gpu_layers=0, drafter_params=None):
         items = _chain_items(drafter)
         in_chain = [n for n in items or () if isinstance(n, str) and n in SESSION_DRAFTERS]
         if len(in_chain) > 1:
@@ -395,7 +402,7 @@ class Engine:
             # the MTP head is loaded only on request
             self.model = Model(_models.resolve(model), load_mtp=session_kind == "mtp",
                                n_gpu_layers=n_gpu_layers)
-        self.drafting = Drafting(n_draft, n_draft_max, draft_cost)
+        self.drafting = Drafting(n_draft, n_draft_max, draft_cost, tree)
         if not isinstance(n_batch, (int, np.integer)) or isinstance(n_batch, bool) or n_batch <= 0:
             raise ValueError(f"n_batch must be a positive int, got {n_batch!r}")
         self.n_draft = self.drafting.longest(int(n_batch))    # the draft buffers' length
@@ -442,8 +449,13 @@ class Engine:
         self._session_kind = session_kind
         self._session_in_chain = bool(in_chain)
         self._n_rs_seq = int(session_params.pop("n_rs_seq", 0)) if session_kind else 0
+        if tree and session_kind is not None:
+            raise ValueError(f"tree=True needs a model-free drafter; {session_kind!r} drafts "
+                             f"with a model")
+        # tree verification's branches take the context's last sequence ids
+        self._n_branch_seqs = N_BRANCH_SEQS if tree else 0
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
-                           n_seq_max=n_parallel, n_rs_seq=self._n_rs_seq)
+                           n_seq_max=n_parallel + self._n_branch_seqs, n_rs_seq=self._n_rs_seq)
         self._session_params = session_params
         if session_kind is not None:
             session = _make_session(self, session_kind, dict(session_params))
@@ -556,7 +568,9 @@ class Engine:
                      n_drafted=raw["n_drafted"], n_accepted=raw["n_accepted"],
                      accept_by_pos=by_pos, accept_hist=raw["accept_hist"].tolist(),
                      prefill_s=sq.prefill_s, draft_s=timers["draft_s"],
-                     verify_s=timers["verify_s"], sample_s=timers["sample_s"], decode_s=decode_s)
+                     verify_s=timers["verify_s"], sample_s=timers["sample_s"], decode_s=decode_s,
+                     n_branch_rows=raw["n_branch_rows"],
+                     n_branch_accepted=raw["n_branch_accepted"])
 
     # -- public API --
 
@@ -637,8 +651,8 @@ class Engine:
         if n_parallel > self.ctx.n_batch:
             raise ValueError(f"n_parallel={n_parallel} exceeds n_batch={self.ctx.n_batch}: every "
                              f"step decodes one row per sequence in one batch")
-        if self.ctx.n_seq_max < n_parallel:
-            self._new_context(self.ctx.n_ctx, n_parallel)
+        if self.ctx.n_seq_max - self._n_branch_seqs < n_parallel:
+            self._new_context(self.ctx.n_ctx, n_parallel + self._n_branch_seqs)
 
     def _new_context(self, n_ctx: int, n_seq_max: int) -> None:
         """Replace the target context (and a model-based session with its draft context, which

@@ -5,8 +5,10 @@ import numpy as np
 import numpy.typing as npt
 
 from spec._runtime._core import Context
-from spec._loop._params import Sampling
+from spec._loop._params import Drafting, Sampling
 from spec.drafters._base import Drafter
+
+N_BRANCH_SEQS: int
 
 class Sequence:
     def __init__(self, seq: int, prompt: npt.ArrayLike, max_tokens: int, n_draft_max: int,
@@ -33,10 +35,14 @@ class Sequence:
     def finish(self, n_generated: int = -1) -> None: ...
 
 class Loop:
-    def __init__(self, ctx: Context, drafter: Drafter | None = None, *, n_draft_max: int = 0,
-                 auto_draft: bool = False, draft_cost: float = 0.43, trace: bool = False) -> None: ...
+    def __init__(self, ctx: Context, drafter: Drafter | None = None,
+                 drafting: Drafting | None = None, *, trace: bool = False) -> None: ...
     @property
     def cost_model(self) -> dict[str, Any]: ...
+    @property
+    def tree(self) -> bool: ...
+    @property
+    def n_slots(self) -> int: ...
     def _plan(self, alpha: npt.ArrayLike, avail: npt.ArrayLike, forced: npt.ArrayLike | None = None,
               run: npt.ArrayLike | None = None, explore: bool = False) -> npt.NDArray[np.intc]: ...
     @property

@@ -81,13 +81,16 @@ class Drafting:
     lengths planned from acceptance and the measured verify cost, up to ``n_draft_max``
     (default :attr:`N_DRAFT_MAX`, or ``n_batch - 1`` if smaller: one verify batch holds a draft
     and the token before it). ``draft_cost`` is the planner's prior cost of one drafted token,
-    in plain decode steps, used until batch sizes have been measured.
+    in plain decode steps, used until batch sizes have been measured. ``tree`` adds the drafter's
+    alternative branches to a verify batch (a few rows, where the measured cost says they pay),
+    for greedy sequences of a model-free drafter (see spec._loop._engine).
 
     Raises TypeError / ValueError naming the bad field.
     """
     n_draft: int | str = "auto"
     n_draft_max: int | None = None
     draft_cost: float = 0.43
+    tree: bool = False
 
     N_DRAFT_MAX: ClassVar[int] = 64     # the default bound of "auto" drafts
 
@@ -109,6 +112,9 @@ class Drafting:
                 raise ValueError(f"n_draft_max must be > 0, got {self.n_draft_max}")
             fix(self, "n_draft_max", int(self.n_draft_max))
         fix(self, "draft_cost", _number("draft_cost", self.draft_cost, ">= 0", lambda v: v >= 0))
+        if not isinstance(self.tree, bool):
+            raise TypeError(f"tree must be True or False, got {self.tree!r}")
+        fix(self, "tree", bool(self.tree))
 
     @property
     def auto(self) -> bool:

@@ -43,6 +43,15 @@ cdef struct PlanBuffers:
     int* lengths                # the plan: tokens to draft / verify
 
 
+cdef inline double token_prob(double alpha, int run, int j) noexcept nogil:
+    # Acceptance probability of a sequence's j-th drafted token (0-based), given that the run
+    # of correctly drafted tokens before it is run + j long: its measured rate or, where higher,
+    # r / (r + 1) for a run of r, so a long copy run is trusted to continue and the draft grows
+    # quickly with it (over a draft the product telescopes to run / (run + k)), while a miss
+    # (run 0) falls back to the measured rate at once.
+    return max(alpha, (run + j) / (run + j + 1.0))
+
+
 cdef void cost_init(CostModel* m, double draft_cost) noexcept nogil
 cdef bint cost_fitted(const CostModel* m) noexcept nogil
 cdef int64_t cost_age(const CostModel* m, int n_rows) noexcept nogil

@@ -83,15 +83,6 @@ cdef void cost_update(CostModel* m, int n_rows, double seconds) noexcept nogil:
         m.b = b
 
 
-cdef inline double token_prob(double alpha, int run, int j) noexcept nogil:
-    # Acceptance probability of a sequence's j-th drafted token (0-based), given that the run
-    # of correctly drafted tokens before it is run + j long: its measured rate or, where higher,
-    # r / (r + 1) for a run of r, so a long copy run is trusted to continue and the draft grows
-    # quickly with it (over a draft the product telescopes to run / (run + k)), while a miss
-    # (run 0) falls back to the measured rate at once.
-    return max(alpha, (run + j) / (run + j + 1.0))
-
-
 cdef int _next_seq(const double* alpha, const int* run, const int* avail, const int* lengths,
                    const double* reach, int n_seqs, double* next_gain) noexcept nogil:
     # The sequence whose next drafted token gains most (lowest index on ties); -1 if none left.

@@ -53,6 +53,7 @@ cdef class Context(Handle):
     # Batch building: clear, add tokens, decode. The engine builds multi-sequence batches this way.
     cdef void batch_clear(self) noexcept nogil
     cdef int batch_add(self, token_t token, pos_t pos, seq_t seq, bint output) except -1 nogil
+    cdef int batch_add_seq(self, int row, seq_t seq) except -1 nogil
     cdef int batch_decode(self) except -1 nogil
     # Decode tokens[0..n) of one sequence at positions pos0.., in chunks of n_batch; logits for
     # every position if all_logits, else for the last one only.
@@ -60,6 +61,7 @@ cdef class Context(Handle):
                            bint all_logits) except -1 nogil
     cdef const float* logits_row(self, int i) noexcept nogil
     cdef bint seq_rm(self, seq_t seq, pos_t p0, pos_t p1) noexcept nogil
+    cdef void seq_cp(self, seq_t src, seq_t dst, pos_t p0, pos_t p1) noexcept nogil
     cdef void log_op(self, int32_t op, int32_t a, int32_t b, int32_t c, int32_t d) noexcept nogil
     cdef pos_t seq_pos_max(self, seq_t seq) noexcept nogil
     # Checkpoint path for memories that cannot drop a rejected suffix: save the sequence's

@@ -433,8 +433,9 @@ MAX_SEQ = LLAMA_MAX_SEQ
 
 # Record kinds of the decode log (Context.record): five ints each.
 cdef enum:
-    LOG_DECODE = 1      # n_rows; the rows follow
-    LOG_ROW = 2         # token, pos, seq, logits
+    LOG_DECODE = 1      # n_rows, n_more; the rows follow, then n_more LOG_SEQ records
+    LOG_ROW = 2         # token, pos, seq (its first), logits
+    LOG_SEQ = 6         # row, seq: one more sequence of that row (tree verification)
     LOG_REMOVE = 3      # seq, p0, p1
     LOG_COPY = 4        # src, dst, p0, p1
     LOG_CLEAR = 5
@@ -558,7 +559,8 @@ cdef class Context:
         self.n_seq_max = llama_n_seq_max(self.ptr)
         self.outputs_held = self.n_seq_max     # llama.cpp reserves max(n_seq_max, n_outputs)
         self.n_vocab = model.n_vocab
-        self.batch = llama_batch_init(self.n_batch, 0, 1)
+        # a row may belong to several sequences (a tree's shared prefix)
+        self.batch = llama_batch_init(self.n_batch, 0, self.n_seq_max)
         self.batch_capacity = self.n_batch
         self.seed = seed
         self.ctx_type = ctx_type
@@ -643,9 +645,19 @@ cdef class Context:
         self.batch.n_tokens = i + 1
         return 0
 
+    cdef int batch_add_seq(self, int row, seq_t seq) except -1 nogil:
+        """Add ``seq`` to the sequences of the batch's row ``row`` (not already among them)."""
+        cdef int k = self.batch.n_seq_id[row]
+        if k >= self.n_seq_max:
+            with gil:
+                raise ValueError(f"a row belongs to at most n_seq_max={self.n_seq_max} sequences")
+        self.batch.seq_id[row][k] = seq
+        self.batch.n_seq_id[row] = k + 1
+        return 0
+
     cdef int batch_decode(self) except -1 nogil:
         cdef int32_t rc
-        cdef int i, n_out = 0
+        cdef int i, k, n_more, n_out = 0
         for i in range(self.batch.n_tokens):
             n_out += self.batch.logits[i] != 0
         if n_out > self.outputs_held and self.n_views > 0:
@@ -657,10 +669,16 @@ cdef class Context:
                     f"buffer holds ({self.outputs_held}): it would move the buffer that a live "
                     f"logits() view points into; delete (or copy) the view first")
         if self.recording:
-            self.log_op(LOG_DECODE, self.batch.n_tokens, 0, 0, 0)
+            n_more = 0
+            for i in range(self.batch.n_tokens):
+                n_more += self.batch.n_seq_id[i] - 1
+            self.log_op(LOG_DECODE, self.batch.n_tokens, n_more, 0, 0)
             for i in range(self.batch.n_tokens):
                 self.log_op(LOG_ROW, self.batch.token[i], self.batch.pos[i],
                             self.batch.seq_id[i][0], self.batch.logits[i] != 0)
+            for i in range(self.batch.n_tokens):
+                for k in range(1, self.batch.n_seq_id[i]):
+                    self.log_op(LOG_SEQ, i, self.batch.seq_id[i][k], 0, 0)
         rc = llama_decode(self.ptr, self.batch)
         if rc != 0:
             self.n_outputs = 0
@@ -690,9 +708,15 @@ cdef class Context:
             self.log_op(LOG_REMOVE, seq, p0, p1, 0)
         return llama_memory_seq_rm(llama_get_memory(self.ptr), seq, p0, p1)
 
+    cdef void seq_cp(self, seq_t src, seq_t dst, pos_t p0, pos_t p1) noexcept nogil:
+        if self.recording:
+            self.log_op(LOG_COPY, src, dst, p0, p1)
+        llama_memory_seq_cp(llama_get_memory(self.ptr), src, dst, p0, p1)
+
     cdef void log_op(self, int32_t op, int32_t a, int32_t b, int32_t c, int32_t d) noexcept nogil:
-        # Records of five ints; a decode is a LOG_DECODE record followed by one LOG_ROW per row.
-        if op != LOG_ROW:
+        # Records of five ints; a decode is a LOG_DECODE record followed by one LOG_ROW per row
+        # and a LOG_SEQ per row's further sequence.
+        if op != LOG_ROW and op != LOG_SEQ:
             self.n_logged += 1
         self.log.push_back(op)
         self.log.push_back(a)
@@ -786,9 +810,7 @@ cdef class Context:
         self.check_open()
         self._check_seq(src_seq)
         self._check_seq(dst_seq)
-        if self.recording:
-            self.log_op(LOG_COPY, src_seq, dst_seq, p0, p1)
-        llama_memory_seq_cp(llama_get_memory(self.ptr), src_seq, dst_seq, p0, p1)
+        self.seq_cp(src_seq, dst_seq, p0, p1)
 
     @_one_thread_at_a_time
     def kv_clear(self):
@@ -826,9 +848,11 @@ cdef class Context:
     def recorded(self):
         """The log since :meth:`record`, in order: ``("decode", rows)`` with ``rows`` an int32
         array of columns (token, pos, seq_id, logits), ``("remove", seq_id, p0, p1)``,
-        ``("copy", src, dst, p0, p1)`` and ``("clear",)``."""
+        ``("copy", src, dst, p0, p1)`` and ``("clear",)``. A decode whose rows belong to several
+        sequences (tree verification) is ``("decode", rows, seqs)``: ``seqs[i]`` is row i's
+        sequences, ``rows[i, 2]`` the first of them."""
         cdef Py_ssize_t i = 0, n = <Py_ssize_t> self.log.size()
-        cdef int32_t kind, n_rows
+        cdef int32_t kind, n_rows, n_more
         flat = np.empty(n, dtype=np.int32)
         cdef int32_t[::1] view = flat
         for i in range(n):
@@ -840,8 +864,16 @@ cdef class Context:
             kind = records[i, 0]
             if kind == LOG_DECODE:
                 n_rows = records[i, 1]
-                ops.append(("decode", records[i + 1:i + 1 + n_rows, 1:].copy()))
-                i += 1 + n_rows
+                n_more = records[i, 2]
+                rows = records[i + 1:i + 1 + n_rows, 1:].copy()
+                if n_more == 0:
+                    ops.append(("decode", rows))
+                else:
+                    seqs = [[int(q)] for q in rows[:, 2]]
+                    for row, q in records[i + 1 + n_rows:i + 1 + n_rows + n_more, 1:3]:
+                        seqs[row].append(int(q))
+                    ops.append(("decode", rows, tuple(map(tuple, seqs))))
+                i += 1 + n_rows + n_more
                 continue
             if kind == LOG_REMOVE:
                 ops.append(("remove", *map(int, records[i, 1:4])))
@@ -853,11 +885,13 @@ cdef class Context:
         return ops
 
     @_one_thread_at_a_time
-    def decode_rows(self, rows):
+    def decode_rows(self, rows, seqs=None):
         """Decode one batch of arbitrary rows: ``rows`` is an int array of shape (n, 4) with
-        columns (token, pos, seq_id, logits), as :meth:`recorded` returns them. Afterwards
-        :meth:`logits` holds one row per row whose ``logits`` column is nonzero, in order.
-        llama.cpp refuses (DecodeError) positions that do not continue each sequence."""
+        columns (token, pos, seq_id, logits), as :meth:`recorded` returns them; ``seqs``, if
+        given, holds each row's sequences (``seqs[i][0] == rows[i, 2]``: a row shared by a
+        tree's branches). Afterwards :meth:`logits` holds one row per row whose ``logits``
+        column is nonzero, in order. llama.cpp refuses (DecodeError) positions that do not
+        continue each sequence."""
         self.check_open()
         arr = np.asarray(rows)
         if arr.ndim != 2 or arr.shape[1] != 4 or not np.issubdtype(arr.dtype, np.integer):
@@ -873,11 +907,25 @@ cdef class Context:
             raise ValueError(f"positions must be in [0, n_ctx={self.n_ctx})")
         if arr[:, 2].min() < 0 or arr[:, 2].max() >= self.n_seq_max:
             raise ValueError(f"seq_id must be in [0, {self.n_seq_max})")
-        cdef int32_t[:, ::1] r = np.ascontiguousarray(arr, dtype=np.int32)
-        with nogil:
-            self.batch_clear()
+        more = [()] * n
+        if seqs is not None:
+            if len(seqs) != n:
+                raise ValueError(f"seqs holds {len(seqs)} rows' sequences for {n} rows")
             for i in range(n):
-                self.batch_add(r[i, 0], r[i, 1], r[i, 2], r[i, 3] != 0)
+                row_seqs = [int(q) for q in seqs[i]]
+                if not row_seqs or row_seqs[0] != arr[i, 2] or len(set(row_seqs)) != len(row_seqs):
+                    raise ValueError(f"seqs[{i}] must list distinct sequences starting with "
+                                     f"rows[{i}, 2]={arr[i, 2]}, got {seqs[i]!r}")
+                if min(row_seqs) < 0 or max(row_seqs) >= self.n_seq_max:
+                    raise ValueError(f"seq_id must be in [0, {self.n_seq_max})")
+                more[i] = row_seqs[1:]
+        cdef int32_t[:, ::1] r = np.ascontiguousarray(arr, dtype=np.int32)
+        self.batch_clear()
+        for i in range(n):
+            self.batch_add(r[i, 0], r[i, 1], r[i, 2], r[i, 3] != 0)
+            for q in more[i]:
+                self.batch_add_seq(i, q)
+        with nogil:
             self.batch_decode()
 
     @_one_thread_at_a_time

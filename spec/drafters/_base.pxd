@@ -6,6 +6,11 @@
 #                                history = every token in the target context (prompt + accepted
 #                                output, without id_last); id_last = the token just sampled and not
 #                                yet decoded. Writes up to n_max tokens to out and returns how many.
+#   draft_tree_seq(seq, history, id_last, n_path_max, n_max, out, parents, &n_path)
+#                                instead of draft_seq, for tree verification: the path draft
+#                                (at most n_path_max tokens, parents -1, 0, 1, ...) and then
+#                                other branches, parents before children, n_max tokens in all;
+#                                probs (may be NULL): each token's estimated path probability
 #   accept_seq(seq, n_accepted)  after verification: how many of the last draft were accepted
 #                                (at most its length; once per draft)
 #   follow_seq(seq, n_accepted)  instead of accept_seq, inside a chain (spec.drafters._chain), for a
@@ -19,6 +24,8 @@
 #                                last one, as its server reuses a slot's cached prefix).
 # The c-level methods assume valid arguments (the Python wrappers and the engine check them).
 cimport numpy as cnp
+
+from libc.stdint cimport int32_t
 
 from spec._c.typedefs cimport token_t
 
@@ -48,6 +55,10 @@ cdef class Drafter:
     cdef int begin_seq(self, int seq, const token_t* prompt, Py_ssize_t n_prompt) except -1 nogil
     cdef Py_ssize_t draft_seq(self, int seq, const token_t* history, Py_ssize_t n_history,
                               token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil
+    cdef Py_ssize_t draft_tree_seq(self, int seq, const token_t* history, Py_ssize_t n_history,
+                                   token_t id_last, Py_ssize_t n_path_max, Py_ssize_t n_max,
+                                   token_t* out, int32_t* parents, float* probs,
+                                   Py_ssize_t* n_path) except -1 nogil
     cdef int accept_seq(self, int seq, Py_ssize_t n_accepted) except -1 nogil
     cdef int follow_seq(self, int seq, Py_ssize_t n_accepted) except -1 nogil
     cdef int end_seq(self, int seq, const token_t* output, Py_ssize_t n_output) except -1 nogil
@@ -58,6 +69,12 @@ cdef class Drafter:
     cdef int _begin(self, int seq, const token_t* prompt, Py_ssize_t n_prompt) except -1 nogil
     cdef Py_ssize_t _draft(self, int seq, const token_t* history, Py_ssize_t n_history,
                            token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil
+    # a drafter that has alternatives overrides this (default: the path draft alone); probs
+    # (may be NULL) receives each token's estimated path probability
+    cdef Py_ssize_t _draft_tree(self, int seq, const token_t* history, Py_ssize_t n_history,
+                                token_t id_last, Py_ssize_t n_path_max, Py_ssize_t n_max,
+                                token_t* out, int32_t* parents, float* probs,
+                                Py_ssize_t* n_path) except -1 nogil
     cdef int _accept(self, int seq, Py_ssize_t n_accepted) except -1 nogil
     cdef int _follow(self, int seq, Py_ssize_t n_accepted) except -1 nogil
     cdef int _end(self, int seq, const token_t* output, Py_ssize_t n_output) except -1 nogil

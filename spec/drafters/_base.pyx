@@ -144,6 +144,20 @@ cdef class Drafter:
         self.last_draft[seq] = n
         return n
 
+    cdef Py_ssize_t draft_tree_seq(self, int seq, const token_t* history, Py_ssize_t n_history,
+                                   token_t id_last, Py_ssize_t n_path_max, Py_ssize_t n_max,
+                                   token_t* out, int32_t* parents, float* probs,
+                                   Py_ssize_t* n_path) except -1 nogil:
+        cdef Py_ssize_t n
+        self.last_draft[seq] = 0
+        n_path[0] = 0
+        if n_path_max <= 0 or n_max <= 0:
+            return 0
+        n = self._draft_tree(seq, history, n_history, id_last, min(n_path_max, n_max), n_max,
+                             out, parents, probs, n_path)
+        self.last_draft[seq] = n_path[0]      # accept counts tokens of the path
+        return n
+
     cdef int accept_seq(self, int seq, Py_ssize_t n_accepted) except -1 nogil:
         if n_accepted > self.last_draft[seq]:
             with gil:
@@ -178,6 +192,18 @@ cdef class Drafter:
     cdef Py_ssize_t _draft(self, int seq, const token_t* history, Py_ssize_t n_history,
                            token_t id_last, Py_ssize_t n_max, token_t* out) except -1 nogil:
         return 0
+
+    cdef Py_ssize_t _draft_tree(self, int seq, const token_t* history, Py_ssize_t n_history,
+                                token_t id_last, Py_ssize_t n_path_max, Py_ssize_t n_max,
+                                token_t* out, int32_t* parents, float* probs,
+                                Py_ssize_t* n_path) except -1 nogil:
+        cdef Py_ssize_t i, n = self._draft(seq, history, n_history, id_last, n_path_max, out)
+        for i in range(n):
+            parents[i] = <int32_t> i - 1
+            if probs != NULL:
+                probs[i] = 1.0
+        n_path[0] = n
+        return n
 
     cdef int _accept(self, int seq, Py_ssize_t n_accepted) except -1 nogil:
         return 0

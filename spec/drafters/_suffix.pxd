@@ -71,7 +71,4 @@ cdef class SuffixTree(Drafter):
     cdef Match _choose(self, int seq, const token_t* history, Py_ssize_t n_history,
                        token_t id_last, Py_ssize_t n_max) noexcept nogil
     cdef int _evict_oldest(self) except -1 nogil
-    cdef Py_ssize_t _draft_tree(self, int seq, const token_t* history, Py_ssize_t n_history,
-                                token_t id_last, Py_ssize_t n_max, token_t* out, int32_t* parents,
-                                float* probs) except -1 nogil
     cdef const Tree* _tree(self, seq_id) except NULL

@@ -947,7 +947,7 @@ cdef class SuffixTree(Drafter):
         cdef token_t[::1] tok_v
         cdef int32_t[::1] par_v
         cdef float[::1] prob_v
-        cdef Py_ssize_t n
+        cdef Py_ssize_t n, n_path
         with self.lock:
             self.check_draft_args(n_max, id_last, seq_id)
             hist = self.checked_history(history, seq_id)
@@ -962,13 +962,15 @@ cdef class SuffixTree(Drafter):
                 return tokens, parents, probs
             with nogil:
                 n = self._draft_tree(seq_id, &hist[0] if hist.shape[0] else NULL, hist.shape[0],
-                                     id_last, n_max, &tok_v[0], &par_v[0], &prob_v[0])
+                                     id_last, n_max, n_max, &tok_v[0], &par_v[0], &prob_v[0],
+                                     &n_path)
             check_drafted(&tok_v[0], n)
             return tokens[:n].copy(), parents[:n].copy(), probs[:n].copy()
 
     cdef Py_ssize_t _draft_tree(self, int seq, const token_t* history, Py_ssize_t n_history,
-                                token_t id_last, Py_ssize_t n_max, token_t* out, int32_t* parents,
-                                float* probs) except -1 nogil:
+                                token_t id_last, Py_ssize_t n_path_max, Py_ssize_t n_max,
+                                token_t* out, int32_t* parents, float* probs,
+                                Py_ssize_t* n_path) except -1 nogil:
         cdef Match m
         cdef const Tree* t
         cdef Item* heap = NULL
@@ -978,8 +980,9 @@ cdef class SuffixTree(Drafter):
         cdef int32_t node, j, c, i, top, depth
         cdef double prob, pc
         cdef int64_t base, num = self.prob_num, den = self.prob_den, slack = self.prob_slack
+        n_path[0] = 0
         self._sync(seq, history, n_history)
-        m = self._choose(seq, history, n_history, id_last, n_max)
+        m = self._choose(seq, history, n_history, id_last, n_path_max)
         if m.tree == NULL:
             return 0
         t = m.tree
@@ -993,7 +996,8 @@ cdef class SuffixTree(Drafter):
             if j < t.nodes[node].length:
                 out[n] = t.toks[t.nodes[node].ref + j]
                 parents[n] = <int32_t> n - 1
-                probs[n] = <float> prob
+                if probs != NULL:
+                    probs[n] = <float> prob
                 n += 1
                 depth += 1
                 j += 1
@@ -1023,13 +1027,15 @@ cdef class SuffixTree(Drafter):
             prob = <double> t.nodes[top].count / <double> base
             node = top
             j = 0
+        n_path[0] = n
         # Branches, most probable first; each emitted token offers its own continuations.
         while n < n_max and n_heap > 0:
             it = heap_pop(heap, n_heap)
             n_heap -= 1
             out[n] = t.toks[t.nodes[it.node].ref + it.j]
             parents[n] = it.parent
-            probs[n] = <float> it.prob
+            if probs != NULL:
+                probs[n] = <float> it.prob
             q = n
             n += 1
             if it.depth >= m.cap:
