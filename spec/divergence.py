@@ -55,22 +55,17 @@ def _row_seqs(op) -> list[tuple[int, ...]]:
     return list(op[2]) if len(op) > 2 else [(int(q),) for q in op[1][:, 2]]
 
 
-def _kept_by(seq: int, row_seqs: tuple, pos: int, edits: list) -> bool:
-    """Whether ``seq`` holds the cell a row at ``pos`` wrote, after the KV edits that followed
-    its decode: its own row not dropped by a suffix removal, or a branch's row handed to it."""
-    def covers(p0, p1):
-        return p0 <= pos and (p1 < 0 or pos < p1)
-    if seq in row_seqs:
-        return not any(e[0] == "remove" and e[1] == seq and e[2] >= 0 and covers(e[2], e[3])
-                       for e in edits)
-    return any(e[0] == "copy" and e[1] in row_seqs and e[2] == seq and covers(e[3], e[4])
-               for e in edits)
+def _handed_to(seq: int, row_seqs: tuple, pos: int, edits: list) -> bool:
+    """Whether the KV edits that followed a decode gave ``seq`` the cell a branch's row at
+    ``pos`` wrote (tree verification accepted that branch)."""
+    return any(e[0] == "copy" and e[1] in row_seqs and e[2] == seq and e[3] <= pos
+               and (e[4] < 0 or pos < e[4]) for e in edits)
 
 
 def _target_op(trace: DecodeTrace, pos: int) -> tuple[int, int]:
     """The last decode of the request holding the traced sequence's row at ``pos`` with
-    logits (in a tree verify: the row whose cell the sequence kept), and that row's index
-    among the batch's logits rows."""
+    logits (in a tree verify: the accepted branch's row, whose cell the sequence was handed),
+    and that row's index among the batch's logits rows."""
     next_decode = len(trace.ops)
     for k in range(len(trace.ops) - 1, trace.first_op - 1, -1):
         op = trace.ops[k]
@@ -79,9 +74,14 @@ def _target_op(trace: DecodeTrace, pos: int) -> tuple[int, int]:
         rows, edits = op[1], trace.ops[k + 1:next_decode]
         next_decode = k
         seqs = _row_seqs(op)
-        for i in np.nonzero((rows[:, 1] == pos) & (rows[:, 3] != 0))[0]:
-            if _kept_by(trace.seq_id, seqs[i], pos, edits):
-                return k, int(np.count_nonzero(rows[:i, 3]))
+        hits = np.nonzero((rows[:, 1] == pos) & (rows[:, 3] != 0))[0]
+        # an accepted branch's row, else the sequence's own (a rejected one is decoded again
+        # later, so the search from the end meets the accepted one first)
+        chosen = ([i for i in hits if trace.seq_id not in seqs[i]
+                   and _handed_to(trace.seq_id, seqs[i], pos, edits)]
+                  or [i for i in hits if trace.seq_id in seqs[i]])
+        if chosen:
+            return k, int(np.count_nonzero(rows[:chosen[0], 3]))
     raise ValueError(f"the trace holds no decode of sequence {trace.seq_id} with logits at "
                      f"position {pos}")
 
