@@ -402,6 +402,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     cdef SeqState* s
     cdef int i, j, k, n_acc, n_rows, n_active = 0, row_cap, n_checked, n_matched
     cdef int n_path, n_leaves = 0
+    cdef bint tree
     cdef Py_ssize_t n_path_drafted
     cdef int32_t* acc_rows = scratch + cfg.n_draft_max + TREE_CANDIDATES + 2
     cdef double seconds
@@ -540,8 +541,8 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
         if not _generating(s):
             continue
         row0 = ctx.logits_row(s.batch_start)
-        n_path = -1
-        if s.n_branch > 0:
+        tree = s.n_branch > 0
+        if tree:
             n_acc = _verify_tree(ctx, s, cfg.n_vocab, out_buf, acc_rows, &n_path)
         elif s.sampler.temperature <= 0:
             n_acc = verify_greedy(row0, cfg.n_vocab, cfg.n_vocab, s.draft, s.n_draft, out_buf)
@@ -555,38 +556,31 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
         if s.margins != NULL:
             for j in range(n_acc + 1):
                 margin_buf[j] = top2_margin(
-                    ctx.logits_row(acc_rows[j]) if n_path >= 0 else
+                    ctx.logits_row(acc_rows[j]) if tree else
                     row0 + <Py_ssize_t> j * cfg.n_vocab, cfg.n_vocab, NULL)
         s.n_steps += 1
         s.n_drafted += s.n_draft
         s.n_accepted += n_acc
         s.accept_hist[n_acc] += 1
-        if n_path >= 0:
-            # the path's statistics and the draft policy count the path: draft[n_draft:] holds
-            # branches now, so no unverified path token is checked for free
+        # The path's statistics, the draft policy and the drafter count the path. In a tree
+        # draft[n_draft:] holds branches, so no unverified path token is checked for free.
+        if tree:
             s.n_branch_rows += s.n_branch
             s.n_branch_accepted += n_acc - n_path
-            for j in range(s.n_draft):
-                s.draft_by_pos[j] += 1
-                s.accept_by_pos[j] += j < n_path
-            n_checked = checked_tokens(s.draft, s.n_draft, s.n_draft, n_path, out_buf,
-                                       &n_matched)
-            policy_observe(&s.policy, job_alpha, n_checked, n_matched)
-            if s.n_draft > 0:
-                drafter.accept_seq(s.seq, n_path)
-            _settle_tree(ctx, s, n_acc, n_path,
-                         acc_rows[n_acc] - s.batch_start - 1 if n_acc > 0 else -1)
-            s.n_past += 1 + n_acc
-            _emit(s, out_buf, n_acc + 1, margin_buf, cfg.is_eog)
-            continue
+        else:
+            n_path = n_acc
         for j in range(s.n_draft):
             s.draft_by_pos[j] += 1
-            s.accept_by_pos[j] += j < n_acc
-        n_checked = checked_tokens(s.draft, s.n_proposed, s.n_draft, n_acc, out_buf, &n_matched)
+            s.accept_by_pos[j] += j < n_path
+        n_checked = checked_tokens(s.draft, s.n_draft if tree else s.n_proposed, s.n_draft,
+                                   n_path, out_buf, &n_matched)
         policy_observe(&s.policy, job_alpha, n_checked, n_matched)
         if s.n_draft > 0:
-            drafter.accept_seq(s.seq, n_acc)
-        if s.n_draft > n_acc:
+            drafter.accept_seq(s.seq, n_path)
+        if tree:
+            _settle_tree(ctx, s, n_acc, n_path,
+                         acc_rows[n_acc] - s.batch_start - 1 if n_acc > 0 else -1)
+        elif s.n_draft > n_acc:
             if cfg.checkpoint:
                 # restore the state before the verify, then replay the accepted prefix
                 ctx.ckpt_load(s.seq)

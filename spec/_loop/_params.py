@@ -114,7 +114,6 @@ class Drafting:
         fix(self, "draft_cost", _number("draft_cost", self.draft_cost, ">= 0", lambda v: v >= 0))
         if not isinstance(self.tree, bool):
             raise TypeError(f"tree must be True or False, got {self.tree!r}")
-        fix(self, "tree", bool(self.tree))
 
     @property
     def auto(self) -> bool:
