@@ -15,8 +15,10 @@ bench/test_verify_cost.py -s`` measures it, to 72 rows): the best speedup any sc
 draft lengths could reach with that drafter on this machine (default model only: the table is
 that model's). With ``--llama``, llama.cpp's
 ``llama-speculative-simple`` runs each prompt with ngram-simple and ngram-mod at their defaults
-(up to 48 drafted) and at ``size_n`` 4; its speedup is over spec's plain decoding of the same
-prompt (spec's plain decode runs at 0.98 of llama.cpp's own, bench/RESULTS.md). Prompts whose
+(up to 48 drafted) and at ``size_n`` 4, in every round, right after spec's plain decoding of the
+same prompt (in the first drafter's interpreter): its speedup is over that plain decode, measured
+a few seconds earlier (spec's plain decode runs at 0.98 of llama.cpp's own, bench/RESULTS.md),
+and its figure per prompt is the median over rounds like spec's. Prompts whose
 plain answer is shorter than MIN_GEN tokens are left out.
 Results: ``bench/results/draft_lengths.json``.
 """
@@ -53,8 +55,9 @@ def workloads(n_prompts: int) -> dict:
     return {"code": code_prompts(n_prompts), "chat": chat_prompts(n_prompts)}
 
 
-def run(drafter: str, n_gen: int, n_prompts: int) -> dict:
-    """In this interpreter (whichever spec it imports): per prompt, plain then drafter."""
+def run(drafter: str, n_gen: int, n_prompts: int, llama: bool = False) -> dict:
+    """In this interpreter (whichever spec it imports): per prompt, plain then drafter (then,
+    with ``llama``, llama.cpp's runs of the same prompt)."""
     import spec
     out = {"spec_file": spec.__file__, "runs": {}}
     with spec.Model(spec.models.resolve(MODEL)) as model:
@@ -68,19 +71,23 @@ def run(drafter: str, n_gen: int, n_prompts: int) -> dict:
                 if base.stats.n_generated < MIN_GEN:
                     continue    # the model ends its answer at once: no speed to compare
                 res = engine.generate(prompt, max_tokens=n_gen)
-                out["runs"][f"{kind}{i}"] = {
+                row = out["runs"][f"{kind}{i}"] = {
                     "plain_tok_s": base.stats.decode_tok_s, "tok_s": res.stats.decode_tok_s,
                     "speedup": res.stats.decode_tok_s / base.stats.decode_tok_s,
                     "mean_accept_len": res.stats.mean_accept_len,
                     "prompt_tokens": model.tokenize(prompt).tolist(),
                     "plain_tokens": base.tokens.tolist(), "same": base.tokens.tolist() == res.tokens.tolist()}
+                if llama:
+                    for name, tok_s in llama_runs(prompt, n_gen).items():
+                        row[name] = tok_s / base.stats.decode_tok_s
     return out
 
 
-def _run_in(tree: Path, drafter: str, n_gen: int, n_prompts: int) -> dict:
+def _run_in(tree: Path, drafter: str, n_gen: int, n_prompts: int, llama: bool) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--run", drafter,
-                           str(n_gen), str(n_prompts)], env=env, cwd=tempfile.gettempdir(),
+                           str(n_gen), str(n_prompts), str(int(llama))], env=env,
+                          cwd=tempfile.gettempdir(),
                           capture_output=True, text=True, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if not Path(result["spec_file"]).resolve().is_relative_to(tree.resolve()):
@@ -113,25 +120,20 @@ def cost_table() -> dict:
     return table
 
 
-def llama_speedups(n_gen: int, n_prompts: int, plain_tok_s: dict) -> dict:
+def llama_runs(prompt: str, n_gen: int) -> dict:
+    """llama-speculative-simple's decode tokens/s on ``prompt`` in each LLAMA setting."""
     sys.path.insert(0, str(BENCH))
     import spec
     from _llama_tools import speculative_simple
     model = str(spec.models.resolve(MODEL))
-    out = {name: {} for name in LLAMA}
-    for kind, prompts in workloads(n_prompts).items():
-        for i, prompt in enumerate(prompts):
-            key = f"{kind}{i}"
-            if key not in plain_tok_s:
-                continue        # left out of spec's runs (MIN_GEN)
-            with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-                f.write(prompt)
-            for name, (spec_type, flags) in LLAMA.items():
-                r = speculative_simple(model, f.name, n_gen, THREADS, spec_type, LLAMA_N_DRAFT,
-                                       flags, n_ctx=4096)
-                out[name][key] = r["tok_s"] / plain_tok_s[key]
-            os.unlink(f.name)
-    return out
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write(prompt)
+    try:
+        return {name: speculative_simple(model, f.name, n_gen, THREADS, spec_type, LLAMA_N_DRAFT,
+                                         flags, n_ctx=4096)["tok_s"]
+                for name, (spec_type, flags) in LLAMA.items()}
+    finally:
+        os.unlink(f.name)
 
 
 def main(argv=None) -> int:
@@ -148,10 +150,11 @@ def main(argv=None) -> int:
                     help="results file name in bench/results (without .json)")
     ap.add_argument("--llama", action="store_true")
     ap.add_argument("--model", default="default", help="a model name of spec.models")
-    ap.add_argument("--run", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--run", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.run:
-        print(json.dumps(run(args.run[0], int(args.run[1]), int(args.run[2]))))
+        print(json.dumps(run(args.run[0], int(args.run[1]), int(args.run[2]),
+                             bool(int(args.run[3])))))
         return 0
     sys.path[:0] = [str(ROOT), str(BENCH)]
     import spec
@@ -170,7 +173,8 @@ def main(argv=None) -> int:
         for rnd in range(args.rounds):
             for drafter in drafters:
                 for side, tree in trees.items():
-                    r = _run_in(tree, drafter, args.n_gen, args.prompts)
+                    llama = args.llama and drafter == drafters[0] and side == "after"
+                    r = _run_in(tree, drafter, args.n_gen, args.prompts, llama)
                     runs.setdefault((side, drafter), []).append(r["runs"])
                     med = statistics.median(v["speedup"] for v in r["runs"].values())
                     print(f"round {rnd} {drafter:14s} {side:6s} median speedup {med:.3f}",
@@ -191,20 +195,26 @@ def main(argv=None) -> int:
                 row[f"oracle {drafter}"] = sim.oracle_speedup
                 row[f"simulated {drafter}"] = sim.policy_speedup
                 row[f"achieved/oracle {drafter}"] = row[f"after {drafter}"] / sim.oracle_speedup
+        if args.llama:
+            for name in LLAMA:
+                row[name] = statistics.median(r[key][name] for r in runs["after", drafters[0]])
         row["plain_tok_s"] = statistics.median(r[key]["plain_tok_s"]
                                                for r in runs["after", drafters[0]])
         rows[key] = row
-    if args.llama:
-        for name, per_prompt in llama_speedups(args.n_gen, args.prompts,
-                                               {k: v["plain_tok_s"] for k, v in rows.items()}).items():
-            for key, value in per_prompt.items():
-                rows[key][name] = value
     summary = {}
     for kind in ("code", "chat"):
         keys = [k for k in rows if k.startswith(kind)]
         cols = [c for c in rows[keys[0]] if c != "plain_tok_s"]
         summary[kind] = {c: {"median": statistics.median(rows[k][c] for k in keys),
                              "min": min(rows[k][c] for k in keys)} for c in cols}
+        if args.llama:
+            # against llama.cpp's best setting on this workload (best median speedup)
+            best = max(LLAMA, key=lambda name: summary[kind][name]["median"])
+            for drafter in drafters:
+                ratios = [rows[k][f"after {drafter}"] / rows[k][best] for k in keys]
+                summary[kind][f"{drafter} / {best}"] = {"median": statistics.median(ratios),
+                                                         "min": min(ratios)}
+            cols = list(summary[kind])
         print(f"\n{kind}: median (worst prompt)")
         for c in cols:
             print(f"  {c:28s} {summary[kind][c]['median']:.3f} ({summary[kind][c]['min']:.3f})")
