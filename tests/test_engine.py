@@ -336,28 +336,6 @@ def test_plan_trusts_a_long_run_of_matched_drafts(tiny_model):
             loop._plan([0.5], [2], run=[-1])
 
 
-def test_plan_discounts_a_sequence_whose_drafts_fell_short(tiny_model):
-    from spec._loop._engine import Loop
-    from spec._loop._params import Drafting
-
-    with spec.Context(tiny_model, n_ctx=256) as ctx:
-        loop = Loop(ctx, None, Drafting(draft_cost=0.43))
-        _measure(loop, list(range(1, 70)))
-        # a short run worth a few tokens at full trust; calibrated to a third of what its
-        # plans expected, the same estimates draft less, and a low enough one not at all
-        full = int(loop._plan([0.6], [64], run=[2])[0])
-        third = int(loop._plan([0.6], [64], run=[2], scale=[1 / 3])[0])
-        assert full > third >= 0
-        assert loop._plan([0.6], [64], run=[2], scale=[0.05]).tolist() == [0]
-        # of two sequences with the same estimates, the calibrated one gets the tokens
-        lengths = loop._plan([0.9, 0.9], [16, 16], scale=[1.0, 0.4])
-        assert lengths[0] > lengths[1]
-        with pytest.raises(ValueError, match="calibrations"):
-            loop._plan([0.5], [2], scale=[0.0])
-        with pytest.raises(ValueError, match="calibrations"):
-            loop._plan([0.5], [2], scale=[1.5])
-
-
 def test_cost_table_entries_expire_and_exploration_tries_stale_tiles(tiny_model):
     from spec._loop._engine import Loop
     from spec._loop._params import Drafting

@@ -574,7 +574,7 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
             s.accept_by_pos[j] += j < n_path
         n_checked = checked_tokens(s.draft, s.n_draft if tree else s.n_proposed, s.n_draft,
                                    n_path, out_buf, &n_matched)
-        policy_observe(&s.policy, job_alpha, s.n_draft, n_path, n_checked, n_matched)
+        policy_observe(&s.policy, job_alpha, n_checked, n_matched)
         if s.n_draft > 0:
             drafter.accept_seq(s.seq, n_path)
         if tree:
@@ -608,14 +608,13 @@ cdef int _step(Context ctx, Drafter drafter, SeqState** seqs, int n_seqs, const 
     return 0
 
 
-cdef PlanBuffers _plan_buffers(cnp.ndarray policies, cnp.ndarray reals, cnp.ndarray ints):
-    # policies: uintp [n] (DraftPolicy pointers); reals: C-contiguous float64 [2, n] = alpha,
-    # scale; ints: C-contiguous intc [4, n] = avail, forced, lengths, run
+cdef PlanBuffers _plan_buffers(cnp.ndarray policies, cnp.ndarray alpha, cnp.ndarray ints):
+    # policies: uintp [n] (DraftPolicy pointers); alpha: float64 [n]; ints: C-contiguous intc
+    # [4, n] = avail, forced, lengths, run
     cdef PlanBuffers plan
     cdef int n = ints.shape[1]
     plan.policy = <DraftPolicy**> cnp.PyArray_DATA(policies)
-    plan.alpha = <double*> cnp.PyArray_DATA(reals)
-    plan.scale = plan.alpha + n
+    plan.alpha = <double*> cnp.PyArray_DATA(alpha)
     plan.avail = <int*> cnp.PyArray_DATA(ints)
     plan.forced = plan.avail + n
     plan.lengths = plan.forced + n
@@ -816,18 +815,13 @@ cdef class Loop:
         return {"a": self.cost.a, "b": self.cost.b, "n_samples": self.cost.n_samples,
                 "table": table}
 
-    def _plan(self, alpha, avail, forced=None, run=None, scale=None, bint explore=False):
+    def _plan(self, alpha, avail, forced=None, run=None, bint explore=False):
         """Draft lengths the planner picks for sequences with acceptances ``alpha``, current
-        runs of matched draft tokens ``run`` (default 0), calibrations ``scale`` (in (0, 1],
-        default 1) and at most ``avail`` draft tokens each (< 0: not in the batch), ``forced``
-        tokens each at least, under this loop's cost model (for tests and for inspecting a
-        loop)."""
+        runs of matched draft tokens ``run`` (default 0) and at most ``avail`` draft tokens each
+        (< 0: not in the batch), ``forced`` tokens each at least, under this loop's cost model
+        (for tests and for inspecting a loop)."""
         alpha_arr = np.array(alpha, dtype=np.float64, ndmin=1)
         n = alpha_arr.shape[0]
-        reals_arr = np.ones((2, max(n, 1)), dtype=np.float64)
-        reals_arr[0, :n] = alpha_arr
-        if scale is not None:
-            reals_arr[1, :n] = scale
         ints_arr = np.zeros((4, max(n, 1)), dtype=np.intc)
         ints_arr[0, :n] = avail
         ints_arr[1, :n] = 0 if forced is None else forced
@@ -838,12 +832,10 @@ cdef class Loop:
             raise ValueError("forced lengths must be in [0, avail]")
         if not ((alpha_arr >= 0) & (alpha_arr <= 1)).all():
             raise ValueError("acceptances must be in [0, 1]")
-        if not ((reals_arr[1, :n] > 0) & (reals_arr[1, :n] <= 1)).all():
-            raise ValueError("calibrations (scale) must be in (0, 1]")
-        cdef PlanBuffers plan = _plan_buffers(np.zeros(max(n, 1), dtype=np.uintp), reals_arr,
+        cdef PlanBuffers plan = _plan_buffers(np.zeros(max(n, 1), dtype=np.uintp), alpha_arr,
                                               ints_arr)
-        plan_lengths(plan.alpha, plan.scale, plan.run, plan.avail, plan.forced, n, &self.cost,
-                     explore, plan.lengths)
+        plan_lengths(plan.alpha, plan.run, plan.avail, plan.forced, n, &self.cost, explore,
+                     plan.lengths)
         return ints_arr[2, :n].copy()
 
     @property
@@ -956,9 +948,9 @@ cdef class Loop:
         keep = np.zeros(max(n, 1), dtype=np.uintp)   # owns the pointer array
         cdef SeqState** seqs = <SeqState**> cnp.PyArray_DATA(keep)
         policies_arr = np.zeros(max(n, 1), dtype=np.uintp)
-        reals_arr = np.zeros((2, max(n, 1)), dtype=np.float64)
+        alpha_arr = np.zeros(max(n, 1), dtype=np.float64)
         ints_arr = np.zeros((4, max(n, 1)), dtype=np.intc)
-        cdef PlanBuffers plan = _plan_buffers(policies_arr, reals_arr, ints_arr)
+        cdef PlanBuffers plan = _plan_buffers(policies_arr, alpha_arr, ints_arr)
         for i in range(n):
             seqs[i] = &(<Sequence> sequences[i]).state
         cdef token_t* out_buf = <token_t*> cnp.PyArray_DATA(self.out_arr)

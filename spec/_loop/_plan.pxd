@@ -31,17 +31,12 @@ cdef struct DraftPolicy:
     double alpha                # EMA of the per-token acceptance probability
     int run                     # drafted tokens matched in a row up to now (0 after a miss)
     int steps_since_probe       # steps left idle since its last draft or probe
-    # Calibration: drafted tokens the plans expected to be accepted and those that were (EMAs
-    # over verify steps with drafts); won / planned (at most 1) scales the plan's estimates.
-    double planned, won
-    double step_planned         # what this step's plan expects of its verified draft
 
 
 cdef struct PlanBuffers:
     # Per-sequence inputs and outputs of a step's plan, owned by the caller.
     DraftPolicy** policy
     double* alpha
-    double* scale               # calibration of the estimates (see DraftPolicy), in (0, 1]
     int* run
     int* avail                  # most tokens it can verify (< 0: not in the batch)
     int* forced                 # tokens it verifies regardless (a probe)
@@ -62,9 +57,8 @@ cdef bint cost_fitted(const CostModel* m) noexcept nogil
 cdef int64_t cost_age(const CostModel* m, int n_rows) noexcept nogil
 cdef double cost_estimate(const CostModel* m, int n_rows) noexcept nogil
 cdef void cost_update(CostModel* m, int n_rows, double seconds) noexcept nogil
-cdef int plan_lengths(const double* alpha, const double* scale, const int* run, const int* avail,
-                      const int* forced, int n_seqs, const CostModel* cost, bint explore,
-                      int* lengths) noexcept nogil
+cdef int plan_lengths(const double* alpha, const int* run, const int* avail, const int* forced,
+                      int n_seqs, const CostModel* cost, bint explore, int* lengths) noexcept nogil
 
 cdef void policy_start(DraftPolicy* p, double alpha0) noexcept nogil
 cdef void plan_drafts(PlanBuffers plan, int n_seqs, const CostModel* cost, bint explore,
@@ -73,5 +67,5 @@ cdef void plan_verify(PlanBuffers plan, int n_seqs, const CostModel* cost,
                       bint explore) noexcept nogil
 cdef int checked_tokens(const token_t* draft, int n_drafted, int n_verified, int n_accepted,
                         const token_t* emitted, int* n_matched) noexcept nogil
-cdef void policy_observe(DraftPolicy* p, double* job_alpha, int n_verified, int n_accepted,
-                         int n_checked, int n_matched) noexcept nogil
+cdef void policy_observe(DraftPolicy* p, double* job_alpha, int n_checked,
+                         int n_matched) noexcept nogil

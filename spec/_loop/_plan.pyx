@@ -15,11 +15,6 @@ from libc.string cimport memset
 
 from spec._c.typedefs cimport LLAMA_MAX_SEQ, token_t
 
-# Calibration of a sequence's estimates (DraftPolicy.planned / .won): EMAs over its verify steps
-# with drafts, starting from CALIB_PRIOR tokens planned and won alike (scale 1).
-cdef double CALIB_DECAY = 0.9
-cdef double CALIB_PRIOR = 4.0
-
 
 cdef void cost_init(CostModel* m, double draft_cost) noexcept nogil:
     # Prior: one row costs draft_cost of a single-token step (a + b = 1 time unit).
@@ -88,45 +83,28 @@ cdef void cost_update(CostModel* m, int n_rows, double seconds) noexcept nogil:
         m.b = b
 
 
-cdef int _next_seq(const double* alpha, const double* scale, const int* run, const int* avail,
-                   const int* lengths, const double* reach, int n_seqs,
-                   double* next_reach) noexcept nogil:
+cdef int _next_seq(const double* alpha, const int* run, const int* avail, const int* lengths,
+                   const double* reach, int n_seqs, double* next_gain) noexcept nogil:
     # The sequence whose next drafted token gains most (lowest index on ties); -1 if none left.
-    # reach[i]: probability that all lengths[i] tokens planned so far are accepted; its next
-    # token's gain is scale[i] times its reach (next_reach, unscaled).
+    # reach[i]: probability that all lengths[i] tokens planned so far are accepted.
     cdef int i, best = -1
-    cdef double r, g, best_g = -1.0
-    next_reach[0] = 0.0
+    cdef double g
+    next_gain[0] = -1.0
     for i in range(n_seqs):
         if lengths[i] < avail[i]:
-            r = reach[i] * token_prob(alpha[i], run[i], lengths[i])
-            g = scale[i] * r
-            if g > best_g:
-                best_g = g
-                next_reach[0] = r
+            g = reach[i] * token_prob(alpha[i], run[i], lengths[i])
+            if g > next_gain[0]:
+                next_gain[0] = g
                 best = i
     return best
 
 
-cdef double expected_accepted(double alpha, int run, int k) noexcept nogil:
-    # Expected accepted tokens of a k-token draft under the estimates (before calibration).
-    cdef double reach = 1.0, total = 0.0
-    cdef int j
-    for j in range(k):
-        reach *= token_prob(alpha, run, j)
-        total += reach
-    return total
-
-
-cdef int plan_lengths(const double* alpha, const double* scale, const int* run, const int* avail,
-                      const int* forced, int n_seqs, const CostModel* cost, bint explore,
-                      int* lengths) noexcept nogil:
+cdef int plan_lengths(const double* alpha, const int* run, const int* avail, const int* forced,
+                      int n_seqs, const CostModel* cost, bint explore, int* lengths) noexcept nogil:
     """Draft lengths maximizing the step's expected tokens per second, Σ E_i(k_i) / T(rows).
 
     alpha[i], run[i]: sequence i's per-token acceptance and current run of correctly drafted
-    tokens (see token_prob; run may be NULL: no runs); scale[i]: the calibration of its
-    estimates (E_i counts scale[i] per estimated accepted draft; NULL: 1); avail[i]: the most
-    tokens it can verify
+    tokens (see token_prob; run may be NULL: no runs); avail[i]: the most tokens it can verify
     (< 0: not in this step's batch); forced[i] ≤ avail[i]: tokens it verifies regardless (a
     probe). With acceptances fixed, the best x drafted tokens overall are the x largest gains
     (within a sequence they shrink with k, so they form prefixes): the plan walks x upward by the
@@ -138,17 +116,12 @@ cdef int plan_lengths(const double* alpha, const double* scale, const int* run, 
     cdef int i, x, x_max = 0, x_min = 0, best_x, n_rows = 0, rows, target = -1
     cdef double tokens = 0, rate, best_rate, g
     cdef double reach[LLAMA_MAX_SEQ]
-    cdef double unit[LLAMA_MAX_SEQ]
     cdef int no_run[LLAMA_MAX_SEQ]
     if n_seqs > LLAMA_MAX_SEQ:
         n_seqs = LLAMA_MAX_SEQ
     if run == NULL:
         memset(no_run, 0, n_seqs * sizeof(int))
         run = no_run
-    if scale == NULL:
-        for i in range(n_seqs):
-            unit[i] = 1.0
-        scale = unit
     for i in range(n_seqs):
         lengths[i] = 0
         reach[i] = 1.0
@@ -161,16 +134,16 @@ cdef int plan_lengths(const double* alpha, const double* scale, const int* run, 
         tokens += 1.0
         for x in range(forced[i]):
             reach[i] *= token_prob(alpha[i], run[i], x)
-            tokens += scale[i] * reach[i]
+            tokens += reach[i]
     if n_rows == 0:
         return 0
     best_x = x_min
     best_rate = tokens / cost_estimate(cost, n_rows + x_min)
     for x in range(x_min + 1, x_max + 1):
-        i = _next_seq(alpha, scale, run, avail, lengths, reach, n_seqs, &g)
+        i = _next_seq(alpha, run, avail, lengths, reach, n_seqs, &g)
         lengths[i] += 1
         reach[i] = g
-        tokens += scale[i] * g
+        tokens += g
         rows = n_rows + x
         if rows % TILE and cost_age(cost, rows) > COST_FRESH and cost_fitted(cost):
             continue    # the fit misses the tile penalty: an unmeasured size lands on a tile
@@ -193,7 +166,7 @@ cdef int plan_lengths(const double* alpha, const double* scale, const int* run, 
         for x in range(lengths[i]):
             reach[i] *= token_prob(alpha[i], run[i], x)
     for x in range(x_min, best_x):
-        i = _next_seq(alpha, scale, run, avail, lengths, reach, n_seqs, &g)
+        i = _next_seq(alpha, run, avail, lengths, reach, n_seqs, &g)
         lengths[i] += 1
         reach[i] = g
     return n_rows + best_x
@@ -204,16 +177,6 @@ cdef int plan_lengths(const double* alpha, const double* scale, const int* run, 
 cdef void policy_start(DraftPolicy* p, double alpha0) noexcept nogil:
     memset(p, 0, sizeof(DraftPolicy))
     p.alpha = alpha0
-    p.planned = CALIB_PRIOR
-    p.won = CALIB_PRIOR
-
-
-cdef inline double policy_scale(const DraftPolicy* p) noexcept nogil:
-    # Accepted drafts per accepted draft the plans expected, at most 1: the estimates (a run's
-    # r / (r + 1), the first-token rate) can promise what a sequence never delivers, and a plan
-    # that keeps verifying such drafts runs slower than plain decoding. Below 1 the plan
-    # discounts them; it never inflates them.
-    return min(1.0, p.won / p.planned) if p.planned > 0 else 1.0
 
 
 cdef void plan_drafts(PlanBuffers plan, int n_seqs, const CostModel* cost, bint explore,
@@ -231,11 +194,10 @@ cdef void plan_drafts(PlanBuffers plan, int n_seqs, const CostModel* cost, bint 
     cdef DraftPolicy* p
     for i in range(n_seqs):
         plan.alpha[i] = min(max(plan.policy[i].alpha, 0.0), 1.0)
-        plan.scale[i] = policy_scale(plan.policy[i])
         plan.run[i] = plan.policy[i].run
         plan.forced[i] = 0
-    plan_lengths(plan.alpha, plan.scale, plan.run, plan.avail, plan.forced, n_seqs, cost,
-                 explore, plan.lengths)
+    plan_lengths(plan.alpha, plan.run, plan.avail, plan.forced, n_seqs, cost, explore,
+                 plan.lengths)
     if shadow:
         return
     for i in range(n_seqs):
@@ -253,17 +215,13 @@ cdef void plan_drafts(PlanBuffers plan, int n_seqs, const CostModel* cost, bint 
 cdef void plan_verify(PlanBuffers plan, int n_seqs, const CostModel* cost,
                       bint explore) noexcept nogil:
     """After drafting, with plan.avail[i] set to the tokens sequence i drafted: the prefix of
-    each draft to verify (plan.lengths), and what each policy expects of it (step_planned)."""
+    each draft to verify (plan.lengths)."""
     cdef int i
     for i in range(n_seqs):
         if plan.avail[i] >= 0:
             plan.forced[i] = min(plan.forced[i], plan.avail[i])
-    plan_lengths(plan.alpha, plan.scale, plan.run, plan.avail, plan.forced, n_seqs, cost,
-                 explore, plan.lengths)
-    for i in range(n_seqs):
-        if plan.avail[i] >= 0:
-            plan.policy[i].step_planned = expected_accepted(plan.alpha[i], plan.run[i],
-                                                            plan.lengths[i])
+    plan_lengths(plan.alpha, plan.run, plan.avail, plan.forced, n_seqs, cost, explore,
+                 plan.lengths)
 
 
 cdef int checked_tokens(const token_t* draft, int n_drafted, int n_verified, int n_accepted,
@@ -278,17 +236,12 @@ cdef int checked_tokens(const token_t* draft, int n_drafted, int n_verified, int
     return n_verified
 
 
-cdef void policy_observe(DraftPolicy* p, double* job_alpha, int n_verified, int n_accepted,
-                         int n_checked, int n_matched) noexcept nogil:
-    """Learn from a step: its n_verified draft tokens of which n_accepted were accepted (the
-    calibration compares these with the plan's step_planned), and its checked draft tokens
-    (see checked_tokens). The acceptance is an EMA over the checked ones: matched ones count
-    as successes, the first mismatch as a failure; tokens after it carry no information. The
-    run of matched tokens grows with them and ends at a mismatch."""
+cdef void policy_observe(DraftPolicy* p, double* job_alpha, int n_checked,
+                         int n_matched) noexcept nogil:
+    """Learn from a step's checked draft tokens (see checked_tokens). An EMA over them: matched
+    ones count as successes, the first mismatch as a failure; tokens after it carry no
+    information. The run of matched tokens grows with them and ends at a mismatch."""
     cdef int j
-    if n_verified > 0:
-        p.planned = CALIB_DECAY * p.planned + p.step_planned
-        p.won = CALIB_DECAY * p.won + n_accepted
     if n_checked <= 0:
         return
     for j in range(min(n_matched + 1, n_checked)):

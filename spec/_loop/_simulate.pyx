@@ -120,14 +120,13 @@ cdef int _replay_policy(Drafter drafter, int seq, const token_t* t, Py_ssize_t n
     cdef CostModel cost
     cdef DraftPolicy policy
     cdef DraftPolicy* policy_ptr = &policy
-    cdef double alpha, scale, job_alpha = 0.6   # Loop's prior, as a fresh engine starts
+    cdef double alpha, job_alpha = 0.6          # Loop's prior, as a fresh engine starts
     cdef int avail, forced, length, run, rows, n_checked, n_matched
     cdef PlanBuffers plan
     cdef Py_ssize_t i = p, n, k, a
     cdef bint explore
     plan.policy = &policy_ptr
     plan.alpha = &alpha
-    plan.scale = &scale
     plan.run = &run
     plan.avail = &avail
     plan.forced = &forced
@@ -152,7 +151,7 @@ cdef int _replay_policy(Drafter drafter, int seq, const token_t* t, Py_ssize_t n
         res.seconds += table[rows]
         cost_update(&cost, rows, table[rows])
         n_checked = checked_tokens(out, <int> n, <int> k, <int> a, t + i + 1, &n_matched)
-        policy_observe(&policy, &job_alpha, <int> k, <int> a, n_checked, n_matched)
+        policy_observe(&policy, &job_alpha, n_checked, n_matched)
         if k > 0:
             drafter.accept_seq(seq, a)
         res.n_steps += 1
