@@ -40,10 +40,8 @@ DRAFTERS = {
     "ngram-mod": ("spec.drafters.ngram._mod", "NgramMod", {"n_match": 8, "n_max": 16, "n_min": 2}),
     "ngram-cache": ("spec.drafters.ngram._cache", "NgramCache", {}),
     # deep enough for long drafts where the output copies its input (a match of k tokens
-    # drafts at most max_depth - k), and up to 1.5 k tokens from a match of k: the planner
-    # verifies only the prefix that pays (bench/RESULTS.md, "Suffix drafts longer than their
-    # match")
-    "suffix": ("spec.drafters._suffix", "SuffixTree", {"max_depth": 64, "max_spec_factor": 1.5}),
+    # drafts at most max_depth - k)
+    "suffix": ("spec.drafters._suffix", "SuffixTree", {"max_depth": 64}),
 }
 LLAMA_PREFIX = "llama:"
 # Model-based drafters: sessions over llama.cpp's common_speculative (spec.sessions). "draft",
