@@ -9,7 +9,9 @@ benchmark. Every (revision, drafter) pair runs in a fresh interpreter that, for 
 turn, generates with plain decoding and then with the drafter (``n_draft="auto"``, the
 revision's defaults), so each speedup is a ratio measured back to back; revisions alternate
 round after round and the figure per prompt is the median over rounds. The oracle
-(``spec.simulate(..., cost_table=...)``) replays the plain output through the drafter, priced
+(``spec.simulate(..., cost_table=...)``) replays the plain output (and, as "oracle own", the
+drafter's own output of the first round, which a near-tie may have sent elsewhere) through the
+drafter, priced
 by the verify-cost table of ``bench/results/verify_cost.json`` (``python -m pytest
 bench/test_verify_cost.py -s`` measures it, to 72 rows): the best speedup any schedule of
 draft lengths could reach with that drafter on this machine (default model only: the table is
@@ -76,7 +78,8 @@ def run(drafter: str, n_gen: int, n_prompts: int, llama: bool = False) -> dict:
                     "speedup": res.stats.decode_tok_s / base.stats.decode_tok_s,
                     "mean_accept_len": res.stats.mean_accept_len,
                     "prompt_tokens": model.tokenize(prompt).tolist(),
-                    "plain_tokens": base.tokens.tolist(), "same": base.tokens.tolist() == res.tokens.tolist()}
+                    "plain_tokens": base.tokens.tolist(), "spec_tokens": res.tokens.tolist(),
+                    "same": base.tokens.tolist() == res.tokens.tolist()}
                 if llama:
                     for name, tok_s in llama_runs(prompt, n_gen).items():
                         row[name] = tok_s / base.stats.decode_tok_s
@@ -189,12 +192,21 @@ def main(argv=None) -> int:
                 row[f"{side} {drafter}"] = statistics.median(
                     r[key]["speedup"] for r in runs[side, drafter])
             if oracle:
-                sim = spec.simulate(drafter, stream, n_max=N_MAX,
-                                    prompt_len=len(first[key]["prompt_tokens"]),
+                n_prompt = len(first[key]["prompt_tokens"])
+                sim = spec.simulate(drafter, stream, n_max=N_MAX, prompt_len=n_prompt,
                                     cost_table=table)
                 row[f"oracle {drafter}"] = sim.oracle_speedup
                 row[f"simulated {drafter}"] = sim.policy_speedup
                 row[f"achieved/oracle {drafter}"] = row[f"after {drafter}"] / sim.oracle_speedup
+                # The same limit on the stream this drafter's run produced (its first round's):
+                # where a near-tie sent it down another output, that output is what it sped up.
+                own = runs["after", drafter][0][key]
+                if "spec_tokens" in own:
+                    sim = spec.simulate(drafter, own["prompt_tokens"] + own["spec_tokens"],
+                                        n_max=N_MAX, prompt_len=n_prompt, cost_table=table)
+                    row[f"oracle own {drafter}"] = sim.oracle_speedup
+                    row[f"achieved/oracle own {drafter}"] = (row[f"after {drafter}"]
+                                                             / sim.oracle_speedup)
         if args.llama:
             for name in LLAMA:
                 row[name] = statistics.median(r[key][name] for r in runs["after", drafters[0]])
