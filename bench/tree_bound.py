@@ -13,7 +13,7 @@ walked twice, step by step as the engine verifies:
   trees hold there. The tree is given everything: every continuation of the drafter's match
   (``min_token_prob`` 0), and of shorter contexts too (trees cut at ``max_depth`` 16, 8, 4, 3
   and 2), the branch that matches the stream furthest chosen with hindsight, up to ``--rows``
-  branch rows (the engine's tree adds at most 7), and those rows free.
+  branch rows (the engine's tree adds at most 3), and those rows free.
 
 Tokens per verify step, tree / linear, is then an upper bound on the tree engine's tokens per
 verify-second over the linear engine's with this drafter: the tree's path rows are the linear
