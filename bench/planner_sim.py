@@ -57,9 +57,9 @@ def replay(drafters: list[str]) -> dict:
     """In this interpreter (whichever spec it imports): {drafter: {n_gen: {key: (policy,
     oracle)}}}."""
     import spec
+    from draft_lengths import cost_table
     streams = json.loads(STREAMS.read_text())["streams"]
-    data = json.loads((BENCH / "results" / "verify_cost.json").read_text())["median_ms"]
-    table = {int(k): v for k, v in data.items() if int(k) <= N_MAX + 1}
+    table = cost_table()
     out = {"spec_file": spec.__file__, "results": {}}
     for drafter in drafters:
         for n_gen in (128, 256):

@@ -24,7 +24,6 @@ were than the table says; ``overhead`` is the share of decode time outside the v
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -46,9 +45,9 @@ def main(argv=None) -> int:
     import spec
     from _workloads import chat_prompts, code_prompts
     from conftest import THREADS, save
-    costs = json.loads((BENCH / "results" / "verify_cost.json").read_text())["median_ms"]
+    from draft_lengths import cost_table
     n_max = 64
-    table = {int(k): v / 1e3 for k, v in costs.items() if int(k) <= n_max + 1}
+    table = {rows: ms / 1e3 for rows, ms in cost_table().items() if rows <= n_max + 1}
     rows = {}
     with spec.Model(spec.models.resolve("default")) as model:
         plain = spec.Engine(model, drafter=None, n_ctx=4096, n_threads=THREADS)

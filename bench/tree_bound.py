@@ -34,7 +34,6 @@ import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-STREAMS = BENCH / "results" / "streams_default_256.json"
 N_PATH = 64                         # the engine's n_draft_max
 CONTEXT_DEPTHS = (64, 16, 8, 4, 3, 2)   # alternatives from the match and from shorter contexts
 N_ALTERNATIVES = 1024               # tree tokens asked of each alternative tree per step
@@ -98,6 +97,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sys.path[:0] = [str(ROOT), str(BENCH)]
     from conftest import save
+    from planner_sim import STREAMS
     streams = json.loads(STREAMS.read_text())["streams"]
     per_prompt = {}
     for key, s in streams.items():
