@@ -9,11 +9,13 @@ once (about 5 minutes, 2 threads) and kept in ``bench/results/streams_default_25
 stream is deterministic up to llama.cpp's near-ties, so a kept file stands for the model.
 Every stream is replayed by :func:`spec.simulate` with the verify-cost table of
 ``bench/results/verify_cost.json`` at 128 and 256 new tokens (a 128-token stream is the
-256-token one cut): the planner's speedup over plain decoding ("policy") and the hindsight
-oracle's, per prompt. Nothing is timed, so the figures are exact and any machine reproduces
-them; what they leave out (real costs drift, the engine's own cost measurements are noisy, a
-step's overhead) the timed benchmark ``bench/draft_lengths.py`` measures. With ``--before``
-the same replays run in a build of an earlier revision, side by side.
+256-token one cut): the planner's speedup over plain decoding ("policy"), the step oracle's
+(told each step's acceptance, planning one step at a time: about the most better acceptance
+estimates could give the planner) and the hindsight oracle's, per prompt. Nothing is timed,
+so the figures are exact and any machine reproduces them; what they leave out (real costs
+drift, the engine's own cost measurements are noisy, a step's overhead) the timed benchmark
+``bench/draft_lengths.py`` measures. With ``--before`` the same replays run in a build of an
+earlier revision, side by side.
 Results: ``bench/results/planner_sim.json``.
 """
 from __future__ import annotations
@@ -55,7 +57,7 @@ def make_streams() -> dict:
 
 def replay(drafters: list[str]) -> dict:
     """In this interpreter (whichever spec it imports): {drafter: {n_gen: {key: (policy,
-    oracle)}}}."""
+    oracle, step oracle)}}}."""
     import spec
     from draft_lengths import cost_table
     streams = json.loads(STREAMS.read_text())["streams"]
@@ -68,7 +70,9 @@ def replay(drafters: list[str]) -> dict:
                 p = len(s["prompt"])
                 sim = spec.simulate(drafter, s["prompt"] + s["gen"][:n_gen], n_max=N_MAX,
                                     prompt_len=p, cost_table=table)
-                cell[key] = (sim.policy_speedup, sim.oracle_speedup)
+                # (an earlier revision's SimResult may predate the step oracle)
+                cell[key] = (sim.policy_speedup, sim.oracle_speedup,
+                             getattr(sim, "step_oracle_speedup", float("nan")))
     return out
 
 
@@ -121,6 +125,9 @@ def main(argv=None) -> int:
                     row[f"{side} policy/oracle"] = statistics.median(cell[k][0] / cell[k][1]
                                                                      for k in keys)
                     row["oracle"] = statistics.median(cell[k][1] for k in keys)
+                    if side == "after":
+                        row["step oracle/oracle"] = statistics.median(cell[k][2] / cell[k][1]
+                                                                      for k in keys)
                     row["prompts"] = len(keys)
                 print(f"{name:24s} " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float)
                                                  else f"{k} {v}" for k, v in row.items()))

@@ -1,4 +1,5 @@
-"""spec.simulate with a verify-cost table: fixed, planner (policy) and hindsight-oracle speedups."""
+"""spec.simulate with a verify-cost table: fixed, planner (policy), step-oracle and
+hindsight-oracle speedups."""
 from __future__ import annotations
 
 import numpy as np
@@ -33,6 +34,8 @@ def test_the_oracle_bounds_the_fixed_and_planned_schedules(name):
         tokens, p = copy_stream(seed)
         r = spec.simulate(name, tokens, n_max=32, prompt_len=p, cost_table=TABLE)
         assert r.oracle_speedup > 1.0
+        # the step oracle walks one schedule over the oracle's own drafts: never faster
+        assert r.step_oracle_speedup <= r.oracle_speedup * (1 + 1e-9), (seed, r)
         if name in ("ngram-simple", "suffix"):
             assert r.oracle_speedup >= r.fixed_speedup * (1 - 1e-9), (seed, r)
             assert r.oracle_speedup >= r.policy_speedup * (1 - 1e-9), (seed, r)
@@ -47,6 +50,9 @@ def test_flat_cost_prices_steps():
     r = spec.simulate("ngram-simple", tokens, n_max=16, prompt_len=p, cost_table=flat)
     plain_steps = len(tokens) - 1 - p
     assert r.fixed_speedup == pytest.approx(plain_steps / r.n_calls)
+    # knowing each step's acceptance, the step oracle verifies exactly the accepted prefix
+    # (fewer rows on ties), so it walks the full-draft replay's steps
+    assert r.step_oracle_speedup == pytest.approx(r.fixed_speedup, rel=1e-12)
     assert r.oracle_speedup >= r.fixed_speedup
     # plain steps / oracle steps = tokens per oracle step (up to a final bonus token)
     assert r.oracle_speedup == pytest.approx(r.oracle_mean_accept_len, rel=0.02)
@@ -58,6 +64,7 @@ def test_linear_cost_means_speculation_cannot_pay():
     linear = {r: float(r) for r in range(1, 20)}
     r = spec.simulate("suffix", tokens, n_max=16, prompt_len=p, cost_table=linear)
     assert r.oracle_speedup == pytest.approx(1.0)
+    assert r.step_oracle_speedup == pytest.approx(1.0)
     assert r.policy_speedup <= 1.0 + 1e-9
     assert r.fixed_speedup < 1.0
 
@@ -81,6 +88,7 @@ def test_without_a_table_the_speedups_are_nan():
     tokens, p = copy_stream(4)
     r = spec.simulate(spec.SuffixTree(), tokens, n_max=8, prompt_len=p)
     assert np.isnan(r.oracle_speedup) and np.isnan(r.policy_speedup)
+    assert np.isnan(r.step_oracle_speedup)
 
 
 def test_bad_cost_tables_and_drafters_are_named():
@@ -112,3 +120,37 @@ def test_the_planner_grows_drafts_along_a_copy_and_stays_plain_without_one():
     noise = rng.integers(0, 1000, 600).astype(np.int32)
     r = spec.simulate("suffix", noise, n_max=64, prompt_len=300, cost_table=TABLE)
     assert r.policy_speedup >= 0.97
+
+
+def _step_oracle_by_definition(name, tokens, p, n_max, table):
+    """The step oracle read straight from its definition, in Python: draft at every position
+    (as the oracle does), then walk the stream verifying at each step the prefix with the best
+    tokens per second for that step alone, fewest rows on ties."""
+    d = spec.make_drafter(name)
+    d.begin(tokens[:p])
+    drafts, accepted = [], []
+    for i in range(p, len(tokens) - 1):
+        draft = np.asarray(d.draft(tokens[:i], int(tokens[i]), min(n_max, len(tokens) - 1 - i)))
+        a = 0
+        while a < draft.size and draft[a] == tokens[i + 1 + a]:
+            a += 1
+        d.accept(a)
+        drafts.append(draft.size)
+        accepted.append(a)
+    j, seconds = 0, 0.0
+    while j < len(drafts):
+        a = accepted[j]
+        k = max(range(drafts[j] + 1), key=lambda k: ((min(k, a) + 1) / table[k + 1], -k))
+        seconds += table[k + 1]
+        j += min(k, a) + 1
+    return (len(tokens) - 1 - p) * table[1] / seconds
+
+
+@pytest.mark.parametrize("name", ["ngram-simple", "suffix"])
+def test_the_step_oracle_follows_its_definition(name):
+    for seed in range(3):
+        tokens, p = copy_stream(seed)
+        r = spec.simulate(name, tokens, n_max=32, prompt_len=p, cost_table=TABLE)
+        expected = _step_oracle_by_definition(name, tokens, p, 32, TABLE)
+        assert r.step_oracle_speedup == pytest.approx(expected, rel=1e-9), (seed, r)
+        assert r.step_oracle_speedup > 1.0

@@ -20,6 +20,7 @@ class SimResult:
     fixed_speedup: float
     policy_speedup: float
     oracle_speedup: float
+    step_oracle_speedup: float
     policy_mean_accept_len: float
     oracle_mean_accept_len: float
     def __init__(
@@ -35,6 +36,7 @@ class SimResult:
         fixed_speedup: float = ...,
         policy_speedup: float = ...,
         oracle_speedup: float = ...,
+        step_oracle_speedup: float = ...,
         policy_mean_accept_len: float = ...,
         oracle_mean_accept_len: float = ...,
     ) -> None: ...

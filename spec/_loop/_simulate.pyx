@@ -52,18 +52,23 @@ class SimResult:
         oracle_speedup: the physical limit for this drafter and table: the drafter drafts at
             every position, and the draft prefix verified at each step is chosen with hindsight
             (knowing how many tokens the target accepts) to minimize the total verify time.
+        step_oracle_speedup: a planner told each step's acceptance in advance, choosing that
+            step's prefix for the best tokens per second without looking further ahead: the
+            most better acceptance estimates could give the planner (up to the few streams
+            where its choices happen to leave better positions for later steps).
         policy_mean_accept_len, oracle_mean_accept_len: their tokens per verify step.
     """
 
     __slots__ = ("n_calls", "n_generated", "n_drafted", "n_accepted", "mean_accept_len",
                  "accept_rate", "accept_hist", "us_per_call", "us_per_call_all", "drafts",
-                 "fixed_speedup", "policy_speedup", "oracle_speedup", "policy_mean_accept_len",
-                 "oracle_mean_accept_len")
+                 "fixed_speedup", "policy_speedup", "oracle_speedup", "step_oracle_speedup",
+                 "policy_mean_accept_len", "oracle_mean_accept_len")
 
     def __init__(self, *, n_calls, n_generated, n_drafted, n_accepted, accept_hist,
                  us_per_call_all, drafts=None, fixed_speedup=float("nan"),
                  policy_speedup=float("nan"), oracle_speedup=float("nan"),
-                 policy_mean_accept_len=float("nan"), oracle_mean_accept_len=float("nan")):
+                 step_oracle_speedup=float("nan"), policy_mean_accept_len=float("nan"),
+                 oracle_mean_accept_len=float("nan")):
         self.n_calls = n_calls
         self.n_generated = n_generated
         self.n_drafted = n_drafted
@@ -77,6 +82,7 @@ class SimResult:
         self.fixed_speedup = fixed_speedup
         self.policy_speedup = policy_speedup
         self.oracle_speedup = oracle_speedup
+        self.step_oracle_speedup = step_oracle_speedup
         self.policy_mean_accept_len = policy_mean_accept_len
         self.oracle_mean_accept_len = oracle_mean_accept_len
 
@@ -85,7 +91,8 @@ class SimResult:
         return {k: getattr(self, k) for k in
                 ("n_calls", "n_generated", "n_drafted", "n_accepted", "mean_accept_len",
                  "accept_rate", "us_per_call", "fixed_speedup", "policy_speedup",
-                 "oracle_speedup", "policy_mean_accept_len", "oracle_mean_accept_len")}
+                 "oracle_speedup", "step_oracle_speedup", "policy_mean_accept_len",
+                 "oracle_mean_accept_len")}
 
     def __repr__(self):
         return (f"SimResult(n_calls={self.n_calls}, n_drafted={self.n_drafted}, "
@@ -163,11 +170,17 @@ cdef int _replay_policy(Drafter drafter, int seq, const token_t* t, Py_ssize_t n
 
 cdef int _replay_oracle(Drafter drafter, int seq, const token_t* t, Py_ssize_t n_tok,
                         Py_ssize_t p, Py_ssize_t n_max, const double* table, token_t* out,
-                        Priced* res) except -1 nogil:
+                        Priced* res, Priced* step_res) except -1 nogil:
     """The fastest schedule of verified draft lengths, knowing how many tokens the target
     accepts: the drafter drafts (up to n_max) at EVERY position of the stream, and dynamic
     programming over positions picks, at each step, the prefix to verify (longer than the
-    accepted part only where that batch is cheaper), minimizing the total verify time."""
+    accepted part only where that batch is cheaper), minimizing the total verify time.
+
+    step_res: the step oracle on the same drafts, which knows each step's acceptance but plans
+    one step at a time: it verifies the prefix with the best tokens per second for that step
+    (fewer rows on ties), blind to where the step leaves the next one. Between it and the
+    planner lies what predicting acceptance could win; between it and the oracle, what only
+    hindsight over later steps wins."""
     cdef Py_ssize_t n_pos = n_tok - p, i, j, k, a, nxt, best_k
     cdef vector[Py_ssize_t] drafted, accepted, choice
     cdef vector[double] best          # best[j]: least time from position p + j to the end
@@ -199,6 +212,18 @@ cdef int _replay_oracle(Drafter drafter, int seq, const token_t* t, Py_ssize_t n
         a = min(choice[j], accepted[j])
         res.n_steps += 1
         res.n_tokens += a + 1
+        j += a + 1
+    j = 0
+    while j < n_pos - 1:
+        best_k = 0
+        for k in range(1, drafted[j] + 1):
+            if ((min(k, accepted[j]) + 1) * table[best_k + 1]
+                    > (min(best_k, accepted[j]) + 1) * table[k + 1] * (1.0 + 1e-12)):
+                best_k = k
+        a = min(best_k, accepted[j])
+        step_res.seconds += table[best_k + 1]
+        step_res.n_steps += 1
+        step_res.n_tokens += a + 1
         j += a + 1
     return 0
 
@@ -338,11 +363,12 @@ def _simulate(drafter, tokens, Py_ssize_t n_max, Py_ssize_t prompt_len, bint rec
         d.end_seq(seq_id, t + p, n_tok - p)
 
     priced = {}
-    cdef Priced pol, ora
+    cdef Priced pol, ora, step
     cdef double plain_s
     if table != NULL and n_tok - 1 > p:
         memset(&pol, 0, sizeof(Priced))
         memset(&ora, 0, sizeof(Priced))
+        memset(&step, 0, sizeof(Priced))
         d = _fresh(factory)
         d.reserve_seqs(seq_id + 1)
         with nogil:
@@ -350,10 +376,11 @@ def _simulate(drafter, tokens, Py_ssize_t n_max, Py_ssize_t prompt_len, bint rec
         d = _fresh(factory)
         d.reserve_seqs(seq_id + 1)
         with nogil:
-            _replay_oracle(d, seq_id, t, n_tok, p, n_max, table, out, &ora)
+            _replay_oracle(d, seq_id, t, n_tok, p, n_max, table, out, &ora, &step)
         plain_s = (n_tok - 1 - p) * table[1]
         priced = dict(fixed_speedup=plain_s / fixed_s, policy_speedup=plain_s / pol.seconds,
                       oracle_speedup=plain_s / ora.seconds,
+                      step_oracle_speedup=plain_s / step.seconds,
                       policy_mean_accept_len=<double> pol.n_tokens / pol.n_steps,
                       oracle_mean_accept_len=<double> ora.n_tokens / ora.n_steps)
 
