@@ -4,18 +4,19 @@ llama-speculative-simple, and the hindsight oracle, per prompt.
     python bench/draft_lengths.py --before REV [--rounds 2] [--n-gen 128] [--prompts 8]
                                   [--drafters suffix,ngram-simple] [--llama] [--model NAME]
 
-Greedy, the default model (or ``--model``, a name of spec.models: ``smollm2``), 2 threads; the held-out code-rewrite and chat prompts of the end-to-end
-benchmark. Every (revision, drafter) pair runs in a fresh interpreter that, for each prompt in
-turn, generates with plain decoding and then with the drafter (``n_draft="auto"``, the
-revision's defaults), so each speedup is a ratio measured back to back; revisions alternate
-round after round and the figure per prompt is the median over rounds. The oracle
-(``spec.simulate(..., cost_table=...)``) replays the plain output (and, as "oracle own", the
-drafter's own output of the first round, which a near-tie may have sent elsewhere) through the
-drafter, priced
-by the verify-cost table of ``bench/results/verify_cost.json`` (``python -m pytest
-bench/test_verify_cost.py -s`` measures it, to 72 rows): the best speedup any schedule of
-draft lengths could reach with that drafter on this machine (default model only: the table is
-that model's). With ``--llama``, llama.cpp's
+Greedy, the default model (or ``--model``, a name of spec.models: ``smollm2``), 2 threads; the
+held-out code-rewrite and chat prompts of the end-to-end benchmark. Every (revision, drafter)
+pair runs in a fresh interpreter that, for each prompt in turn, generates with plain decoding
+and then with the drafter (``n_draft="auto"``, the revision's defaults), so each speedup is a
+ratio measured back to back; revisions alternate round after round and the figure per prompt
+is the median over rounds. The oracle (``spec.simulate(..., cost_table=...)``) replays the
+plain output (and, as "oracle own", the drafter's own output of the first round, which a
+near-tie may have sent elsewhere) through the drafter, priced by the verify-cost table of
+``bench/results/verify_cost.json`` (``python -m pytest bench/test_verify_cost.py -s`` measures
+it, to 72 rows): the best speedup any schedule of draft lengths could reach with that drafter
+on this machine (default model only: the table is that model's). Beside it, the same replay's
+planner ("simulated") and step oracle (told each step's acceptance, planning one step at a
+time). With ``--llama``, llama.cpp's
 ``llama-speculative-simple`` runs each prompt with ngram-simple and ngram-mod at their defaults
 (up to 48 drafted) and at ``size_n`` 4, in every round, right after spec's plain decoding of the
 same prompt (in the first drafter's interpreter): its speedup is over that plain decode, measured
@@ -196,6 +197,7 @@ def main(argv=None) -> int:
                 sim = spec.simulate(drafter, stream, n_max=N_MAX, prompt_len=n_prompt,
                                     cost_table=table)
                 row[f"oracle {drafter}"] = sim.oracle_speedup
+                row[f"step oracle {drafter}"] = sim.step_oracle_speedup
                 row[f"simulated {drafter}"] = sim.policy_speedup
                 row[f"achieved/oracle {drafter}"] = row[f"after {drafter}"] / sim.oracle_speedup
                 # The same limit on the stream this drafter's run produced (its first round's):
