@@ -11,12 +11,14 @@ and then with the drafter (``n_draft="auto"``, the revision's defaults), so each
 ratio measured back to back; revisions alternate round after round and the figure per prompt
 is the median over rounds. The oracle (``spec.simulate(..., cost_table=...)``) replays the
 plain output (and, as "oracle own", the drafter's own output of the first round, which a
-near-tie may have sent elsewhere) through the drafter, priced by the verify-cost table of
-``bench/results/verify_cost.json`` (``python -m pytest bench/test_verify_cost.py -s`` measures
-it, to 72 rows): the best speedup any schedule of draft lengths could reach with that drafter
-on this machine (default model only: the table is that model's). Beside it, the same replay's
-planner ("simulated") and step oracle (told each step's acceptance, planning one step at a
-time). With ``--llama``, llama.cpp's
+near-tie may have sent elsewhere) through the drafter, priced by a verify-cost table measured
+in this run (as ``bench/test_verify_cost.py`` measures it, before and after the rounds, the
+mean of the two): the best speedup any schedule of draft lengths could reach with that drafter
+on this machine, in the state the clock ran in (default model only: the table is that model's;
+"achieved/oracle stored table" prices the oracle by ``bench/results/verify_cost.json`` instead,
+measured on another day, as runs before this one did). Beside it, the same replay's planner
+("simulated") and step oracle (told each step's acceptance, planning one step at a time). With
+``--llama``, llama.cpp's
 ``llama-speculative-simple`` runs each prompt with ngram-simple and ngram-mod at their defaults
 (up to 48 drafted) and at ``size_n`` 4, in every round, right after spec's plain decoding of the
 same prompt (in the first drafter's interpreter): its speedup is over that plain decode, measured
@@ -114,6 +116,14 @@ def _build(rev: str, into: Path) -> None:
                    check=True, stdout=subprocess.DEVNULL)
 
 
+def measured_table() -> dict:
+    """The verify-cost table (rows -> ms, 1 .. N_MAX + 1) of the default model, measured now."""
+    sys.path.insert(0, str(BENCH))
+    import spec
+    from _verify_cost import measure
+    return measure(str(spec.models.resolve("default")), N_MAX + 1, THREADS)["all"]
+
+
 def cost_table() -> dict:
     data = json.loads((BENCH / "results" / "verify_cost.json").read_text())
     table = {int(k): v for k, v in data["median_ms"].items()}
@@ -166,7 +176,9 @@ def main(argv=None) -> int:
     global MODEL
     MODEL = os.environ["SPEC_BENCH_MODEL"] = args.model      # the runs' interpreters inherit it
     oracle = spec.models.resolve(args.model) == spec.models.resolve("default")
-    table = cost_table() if oracle else None
+    stored_table = cost_table() if oracle else None
+    measured = [measured_table()] if oracle else []
+    table = None
     drafters = args.drafters.split(";" if ";" in args.drafters else ",")
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,6 +195,10 @@ def main(argv=None) -> int:
                     med = statistics.median(v["speedup"] for v in r["runs"].values())
                     print(f"round {rnd} {drafter:14s} {side:6s} median speedup {med:.3f}",
                           flush=True)
+    if oracle:
+        measured.append(measured_table())
+        # the oracle's prices: the mean of the tables measured before and after the rounds
+        table = {n: (measured[0][n] + measured[1][n]) / 2 for n in measured[0]}
     first = runs["after", drafters[0]][0]
     rows = {}
     for key in first:
@@ -200,6 +216,10 @@ def main(argv=None) -> int:
                 row[f"step oracle {drafter}"] = sim.step_oracle_speedup
                 row[f"simulated {drafter}"] = sim.policy_speedup
                 row[f"achieved/oracle {drafter}"] = row[f"after {drafter}"] / sim.oracle_speedup
+                # priced by the stored table instead (measured on another day), as before
+                stored = spec.simulate(drafter, stream, n_max=N_MAX, prompt_len=n_prompt,
+                                       cost_table=stored_table).oracle_speedup
+                row[f"achieved/oracle stored table {drafter}"] = row[f"after {drafter}"] / stored
                 # The same limit on the stream this drafter's run produced (its first round's):
                 # where a near-tie sent it down another output, that output is what it sped up.
                 own = runs["after", drafter][0][key]
@@ -236,6 +256,7 @@ def main(argv=None) -> int:
         argv if argv is not None else sys.argv[1:]), "model": args.model,
         "before": args.before, "n_gen": args.n_gen,
         "n_prompts": args.prompts, "rounds": args.rounds, "n_max_oracle": N_MAX,
+        "verify_cost_ms": {"before": measured[0], "after": measured[1]} if oracle else None,
         "summary": summary, "per_prompt": rows})
     return 0
 
