@@ -117,8 +117,8 @@ def _build(rev: str, into: Path) -> None:
 
 
 def measured_table() -> dict:
-    """The verify-cost table (rows -> ms, 1 .. N_MAX + 1) of the default model, measured now."""
-    sys.path.insert(0, str(BENCH))
+    """The verify-cost table (rows -> ms, 1 .. N_MAX + 1) of the default model, measured now
+    (main has put the checkout and bench/ on sys.path)."""
     import spec
     from _verify_cost import measure
     return measure(str(spec.models.resolve("default")), N_MAX + 1, THREADS)["all"]

@@ -175,13 +175,8 @@ cdef int _replay_oracle(Drafter drafter, int seq, const token_t* t, Py_ssize_t n
     accepts: the drafter drafts (up to n_max) at EVERY position of the stream, and dynamic
     programming over positions picks, at each step, the prefix to verify (longer than the
     accepted part only where that batch is cheaper), minimizing the total verify time.
-
-    step_res: the step oracle on the same drafts, which knows each step's acceptance but plans
-    one step at a time: it verifies the prefix with the best tokens per second for that step
-    (fewer rows on ties), blind to where the step leaves the next one. Between it and the
-    planner lies what predicting acceptance could win; between it and the oracle, what only
-    hindsight over later steps wins."""
-    cdef Py_ssize_t n_pos = n_tok - p, i, j, k, a, nxt, best_k
+    step_res: the step oracle (_step_oracle) on the same drafts."""
+    cdef Py_ssize_t n_pos = n_tok - p, i, j, k, a, nxt
     cdef vector[Py_ssize_t] drafted, accepted, choice
     cdef vector[double] best          # best[j]: least time from position p + j to the end
     cdef double c
@@ -213,7 +208,18 @@ cdef int _replay_oracle(Drafter drafter, int seq, const token_t* t, Py_ssize_t n
         res.n_steps += 1
         res.n_tokens += a + 1
         j += a + 1
-    j = 0
+    _step_oracle(drafted.data(), accepted.data(), n_pos, table, step_res)
+    return 0
+
+
+cdef void _step_oracle(const Py_ssize_t* drafted, const Py_ssize_t* accepted, Py_ssize_t n_pos,
+                       const double* table, Priced* res) noexcept nogil:
+    """The step oracle: told each step's acceptance (accepted[j] of the drafted[j] tokens drafted
+    at position j), it verifies the prefix with the best tokens per second for that step (fewer
+    rows on ties), blind to where the step leaves the next one. Between it and the planner lies
+    what predicting acceptance could win; between it and the oracle, what only hindsight over
+    later steps wins."""
+    cdef Py_ssize_t j = 0, k, a, best_k
     while j < n_pos - 1:
         best_k = 0
         for k in range(1, drafted[j] + 1):
@@ -221,11 +227,10 @@ cdef int _replay_oracle(Drafter drafter, int seq, const token_t* t, Py_ssize_t n
                     > (min(best_k, accepted[j]) + 1) * table[k + 1] * (1.0 + 1e-12)):
                 best_k = k
         a = min(best_k, accepted[j])
-        step_res.seconds += table[best_k + 1]
-        step_res.n_steps += 1
-        step_res.n_tokens += a + 1
+        res.seconds += table[best_k + 1]
+        res.n_steps += 1
+        res.n_tokens += a + 1
         j += a + 1
-    return 0
 
 
 cdef object _cost_array(object cost_table, Py_ssize_t n_max):
